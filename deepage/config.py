@@ -1,0 +1,175 @@
+"""Frozen dataclass configs: code defaults, then a YAML file, then ``key=value`` overrides.
+
+Unknown keys are an error (with the valid ones listed); values are converted to the field's type;
+the resolved config is saved as YAML in each run folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+__all__ = ["TrainConfig", "load_config", "apply_overrides", "config_to_dict", "save_config"]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run needs. Paths are strings so the YAML stays plain."""
+
+    # data
+    data: str = ""
+    train_split: str = "train"
+    val_split: str = "val"
+    # model (see deepage.models.create_model)
+    model: str = "mobilenet_v2"
+    head: str = "dex"
+    scheme: str | None = None  # label scheme of a `classes` head: utk14, utk8 or "0,13,20,..."
+    input_size: int | None = None  # None: the model's native size
+    crop_pct: float = 0.9
+    normalization: str | None = None  # None: the model's default ("imagenet" or "unit")
+    pretrained: bool = False
+    weights: str | None = None  # local backbone weights file
+    model_kwargs: dict = field(default_factory=dict)
+    head_kwargs: dict = field(default_factory=dict)
+    # optimisation
+    epochs: int = 30
+    batch_size: int = 64
+    optimizer: str = "adamw"  # adamw | adam | sgd
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    momentum: float = 0.9
+    schedule: str = "cosine"  # cosine | step | constant (after a linear warm-up)
+    warmup_epochs: float = 0.3
+    step_gamma: float = 0.1
+    step_every_epochs: int = 10
+    label_smoothing: float = 0.0  # classes head
+    class_weights: bool = False  # classes head: inverse-frequency weights
+    augment: bool = True  # the study's data_augmentation switch
+    ema_decay: float = 0.0  # 0: off; else weights are averaged (EMA) and the average is evaluated and saved
+    grad_clip: float = 0.0
+    # budgets and stopping
+    max_minutes: float | None = None
+    max_steps: int | None = None
+    early_stopping_patience: int = 0  # epochs without validation improvement; 0: off
+    # machine
+    device: str = "auto"  # auto | cpu | cuda
+    amp: bool = True  # mixed precision, used on GPU only
+    channels_last: bool = True
+    num_threads: int | None = None
+    seed: int = 0
+    deterministic: bool = False
+    # output
+    out_dir: str = "runs"
+    name: str | None = None
+    eval_batch_size: int = 128
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        choices = {"optimizer": ("adamw", "adam", "sgd"), "schedule": ("cosine", "step", "constant"),
+                   "head": ("classes", "dex", "coral"), "device": ("auto", "cpu", "cuda")}
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"config field {key!r}: {getattr(self, key)!r} is not one of {allowed}")
+        if self.head == "classes" and not self.scheme:
+            raise ValueError("config: head 'classes' needs scheme (utk14, utk8 or custom edges)")
+        if self.batch_size < 1 or self.epochs < 1:
+            raise ValueError("config: batch_size and epochs must be positive")
+
+
+def _convert(value: Any, annotation: Any, key: str) -> Any:
+    """Convert a YAML or command-line value to the field's declared type."""
+    if isinstance(annotation, str):
+        annotation = eval(annotation, vars(typing), {})  # noqa: S307 - our own literal annotations only
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(annotation)
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "~")):
+            if type(None) in args:
+                return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, key)
+            except (TypeError, ValueError):
+                continue
+        raise ValueError(f"config field {key!r}: cannot read {value!r} as {annotation}")
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
+            return value.lower() in ("true", "yes", "1", "on")
+        raise ValueError(f"config field {key!r}: expected true/false, got {value!r}")
+    if annotation in (int, float):
+        if isinstance(value, bool):
+            raise ValueError(f"config field {key!r}: expected a number, got {value!r}")
+        try:
+            number = float(value)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"config field {key!r}: expected a number, got {value!r}") from exc
+        if annotation is int:
+            if number != int(number):
+                raise ValueError(f"config field {key!r}: expected an integer, got {value!r}")
+            return int(number)
+        return number
+    if annotation is str:
+        return str(value)
+    if origin is dict or annotation is dict:
+        if isinstance(value, str):
+            value = yaml.safe_load(value)
+        if not isinstance(value, dict):
+            raise ValueError(f"config field {key!r}: expected a mapping, got {value!r}")
+        return value
+    return value
+
+
+def _build(cls: type[T], values: dict, origin: str) -> T:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ValueError(f"{origin}: unknown config key(s) {unknown}; valid keys: {sorted(fields)}")
+    converted = {k: _convert(v, fields[k].type, k) for k, v in values.items()}
+    return cls(**converted)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
+                cls: type[T] = TrainConfig) -> T:
+    """Defaults, then the YAML file at ``path``, then ``key=value`` overrides."""
+    values: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {path} not found")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{path}: a config file must be a mapping of key: value")
+        values.update(loaded)
+    config = _build(cls, values, str(path) if path else "config")
+    return apply_overrides(config, overrides)
+
+
+def apply_overrides(config: T, overrides: list[str] | tuple[str, ...]) -> T:
+    """``["lr=0.01", "augment=false"]`` applied to a config."""
+    values = config_to_dict(config)
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} must look like key=value")
+        key, raw = item.split("=", 1)
+        values[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+    return _build(type(config), values, "command-line overrides")
+
+
+def config_to_dict(config: Any) -> dict:
+    return dataclasses.asdict(config)
+
+
+def save_config(config: Any, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))

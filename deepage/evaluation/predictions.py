@@ -1,0 +1,70 @@
+"""Run a model over batches and keep what evaluation needs; no sample is dropped."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..data.loader import Batch
+from ..models.registry import AgeModel
+
+__all__ = ["Predictions", "collect_predictions", "predict_tensor"]
+
+
+@dataclass
+class Predictions:
+    """``age_true``: ``(N,)`` years; ``age_pred``: ``(N,)`` years or ``None`` (classes heads);
+    ``class_probs``: scheme → ``(N, C)``; ``index``: ``(N,)`` positions in the evaluated split."""
+
+    age_true: np.ndarray
+    age_pred: np.ndarray | None
+    class_probs: dict[str, np.ndarray] = field(default_factory=dict)
+    index: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.age_true)
+
+
+@torch.no_grad()
+def predict_tensor(model: AgeModel, x: torch.Tensor, tta_flip: bool = False) -> tuple[torch.Tensor | None, dict]:
+    """``(B, 3, H, W)`` normalised input → ``(age (B,) or None, {scheme: (B, C) probs})``.
+
+    ``tta_flip`` averages the predictions for the image and its mirror image.
+    """
+    out = model.predict(model(x))
+    if not tta_flip:
+        return out.age, out.class_probs
+    flipped = model.predict(model(torch.flip(x, dims=[3])))
+    age = None if out.age is None else (out.age + flipped.age) / 2
+    probs = {k: (v + flipped.class_probs[k]) / 2 for k, v in out.class_probs.items()}
+    return age, probs
+
+
+@torch.no_grad()
+def collect_predictions(model: AgeModel, batches: Iterable[Batch], device: str | torch.device = "cpu",
+                        tta_flip: bool = False, channels_last: bool = False) -> Predictions:
+    """Predictions for every batch (the loader must not drop the last partial batch)."""
+    model.eval()
+    ages_true, ages_pred, index = [], [], []
+    probs: dict[str, list] = {}
+    for batch in batches:
+        x = batch.x.to(device)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        age, class_probs = predict_tensor(model, x, tta_flip)
+        ages_true.append(batch.age.numpy())
+        index.append(batch.index.numpy())
+        if age is not None:
+            ages_pred.append(age.float().cpu().numpy())
+        for k, v in class_probs.items():
+            probs.setdefault(k, []).append(v.float().cpu().numpy())
+    cat = np.concatenate
+    return Predictions(
+        age_true=cat(ages_true) if ages_true else np.zeros(0),
+        age_pred=cat(ages_pred) if ages_pred else None,
+        class_probs={k: cat(v) for k, v in probs.items()},
+        index=cat(index) if index else np.zeros(0, int),
+    )

@@ -1,0 +1,164 @@
+"""Output heads: every backbone's ``(B, F)`` features become class logits, an expected age, or ordinal logits.
+
+=========  ============================  =====================================================
+head       output ``(B, K)``             answers
+=========  ============================  =====================================================
+classes    logits over one label scheme  that scheme's class
+dex        logits over ages 0..100       exact age (expected value) and *every* class scheme
+coral      100 ordinal logits "age > k"  exact age (sum of probabilities) and every class scheme
+=========  ============================  =====================================================
+
+Each head is an ``nn.Module`` with ``loss(outputs, ages)`` and ``predict(outputs)``; ``predict`` returns a
+:class:`HeadOutput` with whatever the head can answer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..labels import AGE_BINS, MAX_AGE, LabelScheme, get_scheme, list_schemes
+
+__all__ = ["HeadOutput", "ClassesHead", "DexHead", "CoralHead", "create_head", "HEADS", "gaussian_age_targets"]
+
+HEADS = ("classes", "dex", "coral")
+
+
+@dataclass
+class HeadOutput:
+    """``age``: ``(B,)`` years or ``None``; ``class_probs``: scheme name → ``(B, C)`` probabilities;
+    ``age_probs``: ``(B, 101)`` over ages 0..100 or ``None``."""
+
+    age: torch.Tensor | None
+    class_probs: dict[str, torch.Tensor] = field(default_factory=dict)
+    age_probs: torch.Tensor | None = None
+
+
+def gaussian_age_targets(ages: torch.Tensor, sigma: float, num_ages: int = AGE_BINS) -> torch.Tensor:
+    """``(B,)`` ages → ``(B, num_ages)`` soft labels: a normalised Gaussian of width ``sigma`` years."""
+    grid = torch.arange(num_ages, device=ages.device, dtype=torch.float32)
+    centres = ages.float().clamp(0, num_ages - 1).unsqueeze(1)
+    weights = torch.exp(-0.5 * ((grid - centres) / sigma) ** 2)
+    return weights / weights.sum(dim=1, keepdim=True)
+
+
+def _age_distribution_to_classes(age_probs: torch.Tensor) -> dict[str, torch.Tensor]:
+    return {
+        name: age_probs @ get_scheme(name).age_to_class_matrix().to(age_probs) for name in list_schemes()
+    }
+
+
+class ClassesHead(nn.Module):
+    """Linear classifier over the classes of ``scheme``. Loss: cross-entropy (optional label smoothing,
+    optional class weights)."""
+
+    kind = "classes"
+
+    def __init__(self, in_features: int, scheme: LabelScheme, dropout: float = 0.0,
+                 label_smoothing: float = 0.0) -> None:
+        super().__init__()
+        self.scheme = scheme
+        self.label_smoothing = label_smoothing
+        self.register_buffer("class_weights", torch.ones(scheme.num_classes), persistent=False)
+        self.fc = nn.Sequential(nn.Dropout(dropout), nn.Linear(in_features, scheme.num_classes))
+
+    @property
+    def out_features(self) -> int:
+        return self.scheme.num_classes
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.fc(features)
+
+    def loss(self, outputs: torch.Tensor, ages: torch.Tensor) -> torch.Tensor:
+        target = self.scheme.classify(ages)
+        return F.cross_entropy(outputs.float(), target, weight=self.class_weights,
+                               label_smoothing=self.label_smoothing)
+
+    def predict(self, outputs: torch.Tensor) -> HeadOutput:
+        return HeadOutput(age=None, class_probs={self.scheme.name: outputs.float().softmax(dim=1)})
+
+
+class DexHead(nn.Module):
+    """Softmax over ages 0..100; the age is its expected value (Rothe et al., DEX).
+
+    Loss: KL divergence to Gaussian soft labels (``sigma`` years) plus ``l1_weight`` x |expected - true|,
+    which ties the distribution's mean to the age (the MAE we report).
+    """
+
+    kind = "dex"
+
+    def __init__(self, in_features: int, dropout: float = 0.0, sigma: float = 2.0, l1_weight: float = 0.05,
+                 **_: object) -> None:
+        super().__init__()
+        self.sigma, self.l1_weight = sigma, l1_weight
+        self.fc = nn.Sequential(nn.Dropout(dropout), nn.Linear(in_features, AGE_BINS))
+        self.register_buffer("ages", torch.arange(AGE_BINS, dtype=torch.float32), persistent=False)
+
+    @property
+    def out_features(self) -> int:
+        return AGE_BINS
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.fc(features)
+
+    def loss(self, outputs: torch.Tensor, ages: torch.Tensor) -> torch.Tensor:
+        log_probs = outputs.float().log_softmax(dim=1)
+        target = gaussian_age_targets(ages, self.sigma)
+        kl = F.kl_div(log_probs, target, reduction="batchmean")
+        expected = (log_probs.exp() * self.ages).sum(dim=1)
+        return kl + self.l1_weight * (expected - ages.float().clamp(max=MAX_AGE)).abs().mean()
+
+    def predict(self, outputs: torch.Tensor) -> HeadOutput:
+        probs = outputs.float().softmax(dim=1)
+        return HeadOutput(age=probs @ self.ages, class_probs=_age_distribution_to_classes(probs), age_probs=probs)
+
+
+class CoralHead(nn.Module):
+    """Ordinal regression (CORAL, Cao et al. 2020): one shared weight vector and 100 ordered biases give
+    logits for "age > k", k = 0..99. Age = sum of the sigmoids."""
+
+    kind = "coral"
+
+    def __init__(self, in_features: int, dropout: float = 0.0, **_: object) -> None:
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(in_features, 1, bias=False)
+        self.biases = nn.Parameter(torch.linspace(2.0, -2.0, MAX_AGE))
+
+    @property
+    def out_features(self) -> int:
+        return MAX_AGE
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.dropout(features)) + self.biases
+
+    def loss(self, outputs: torch.Tensor, ages: torch.Tensor) -> torch.Tensor:
+        thresholds = torch.arange(MAX_AGE, device=ages.device)
+        levels = (ages.unsqueeze(1) > thresholds).float()
+        return F.binary_cross_entropy_with_logits(outputs.float(), levels, reduction="mean")
+
+    def predict(self, outputs: torch.Tensor) -> HeadOutput:
+        greater = outputs.float().sigmoid()  # P(age > k), k = 0..99
+        ones = torch.ones_like(greater[:, :1])
+        zeros = torch.zeros_like(greater[:, :1])
+        cdf_above = torch.cat([ones, greater, zeros], dim=1)  # P(age > k-1) for k = 0..101
+        age_probs = (cdf_above[:, :-1] - cdf_above[:, 1:]).clamp(min=0)
+        age_probs = age_probs / age_probs.sum(dim=1, keepdim=True).clamp(min=1e-12)
+        return HeadOutput(age=greater.sum(dim=1), class_probs=_age_distribution_to_classes(age_probs),
+                          age_probs=age_probs)
+
+
+def create_head(kind: str, in_features: int, scheme: str | LabelScheme | None = None, **kwargs) -> nn.Module:
+    """A head by name; ``classes`` needs a ``scheme`` (``utk14``, ``utk8`` or custom edges)."""
+    if kind == "classes":
+        if scheme is None:
+            raise ValueError("head 'classes' needs a label scheme (num_classes=14 or 8, or scheme=...)")
+        return ClassesHead(in_features, get_scheme(scheme), **kwargs)
+    if kind == "dex":
+        return DexHead(in_features, **kwargs)
+    if kind == "coral":
+        return CoralHead(in_features, **kwargs)
+    raise ValueError(f"unknown head {kind!r}; choose one of {HEADS}")
