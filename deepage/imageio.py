@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import warnings
 
-import cv2
-import numpy as np
-from PIL import Image
+# OpenCV refuses images over this many pixels *before* allocating them (decompression-bomb guard); the
+# variable is read when cv2 first decodes, so set it before cv2 is imported. Same value as MAX_IMAGE_PIXELS.
+os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", "64000000")
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
 
 __all__ = [
     "ImageDecodeError",
@@ -43,7 +48,9 @@ class ImageDecodeError(ValueError):
         self.reason = reason
 
 
-def _check_header(data: bytes, name: str) -> None:
+def _diagnose(data: bytes, name: str) -> None:
+    """Raise the most precise :class:`ImageDecodeError` for data that OpenCV could not decode (or that
+    must be refused): empty, not an image, truncated, too large. Returns if nothing is found."""
     if len(data) == 0:
         raise ImageDecodeError(name, "empty file (0 bytes)")
     try:
@@ -56,14 +63,15 @@ def _check_header(data: bytes, name: str) -> None:
     except Image.DecompressionBombWarning as exc:
         raise ImageDecodeError(name, f"image too large ({exc})") from exc
     except Exception as exc:  # noqa: BLE001 - any header failure means "not an image"
+        for magic, kind in ((b"\xff\xd8", "JPEG"), (b"\x89PNG", "PNG")):
+            if data.startswith(magic):
+                raise ImageDecodeError(name, f"truncated or corrupt {kind} (header unreadable)") from exc
         raise ImageDecodeError(name, "not an image (unrecognised format)") from exc
     if width * height > MAX_IMAGE_PIXELS:
         raise ImageDecodeError(
             name, f"image too large: {width}x{height} pixels exceeds the limit of {MAX_IMAGE_PIXELS:,}"
         )
     if data[:2] == b"\xff\xd8" and b"\xff\xd9" not in data[-64:]:
-        # A JPEG cut short still "decodes" (OpenCV fills the rest with grey); the end-of-image marker
-        # is missing from a truncated file, so refuse it rather than learn from a half-grey face.
         raise ImageDecodeError(name, "truncated JPEG (no end-of-image marker)")
 
 
@@ -73,13 +81,24 @@ def decode_image(data: bytes, name: str = "<bytes>") -> np.ndarray:
     EXIF orientation is applied. Returns ``(H, W, 3)`` uint8 **RGB**.
     Raises :class:`ImageDecodeError` naming ``name`` for empty, truncated, oversized or non-image data.
     """
-    _check_header(data, name)
-    buf = np.frombuffer(data, dtype=np.uint8)
+    if len(data) == 0:
+        raise ImageDecodeError(name, "empty file (0 bytes)")
+    if data[:2] == b"\xff\xd8" and b"\xff\xd9" not in data[-64:]:
+        # A JPEG cut short still "decodes" (OpenCV fills the rest with grey); the end-of-image marker
+        # is missing from a truncated file, so refuse it rather than learn from a half-grey face.
+        _diagnose(data, name)
     # IMREAD_COLOR: 3-channel 8-bit output (drops alpha, expands grey, converts CMYK, scales 16-bit)
-    # and applies EXIF orientation.
-    bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    # and applies EXIF orientation. The fast path: Pillow is only asked why when OpenCV fails.
+    try:
+        bgr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error:  # OpenCV's own size guard (OPENCV_IO_MAX_IMAGE_PIXELS) raises rather than return None
+        bgr = None
     if bgr is None:
+        _diagnose(data, name)
         raise ImageDecodeError(name, "corrupt image (decoder failed)")
+    if bgr.shape[0] * bgr.shape[1] > MAX_IMAGE_PIXELS:  # in case cv2 was imported before our guard was set
+        raise ImageDecodeError(name, f"image too large: {bgr.shape[1]}x{bgr.shape[0]} pixels exceeds the "
+                                     f"limit of {MAX_IMAGE_PIXELS:,}")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 

@@ -4,7 +4,7 @@ Every place that turns an age into a class (ingest summaries, splits, training t
 evaluation, prediction) goes through :func:`get_scheme`, so the bin rules live only here.
 
 A scheme is defined by its lower bin edges: class ``k`` holds ages ``edges[k] <= age < edges[k+1]``
-and the last class is open-ended. Ages below the first edge (age 0 in UTKFace) fall in class 0.
+and the last class is open-ended. Ages below the first edge (age 0, if any) fall in class 0.
 
 >>> get_scheme("utk14").names[:3], get_scheme("utk14").names[-1]
 (('1-5', '6-10', '11-15'), '66+')
@@ -78,9 +78,9 @@ class LabelScheme:
 
 _SCHEMES: dict[str, LabelScheme] = {
     # The study's 14 groups: 1-5, 6-10, ..., 61-65, 66+ (age 0 joins the first group).
-    "utk14": LabelScheme("utk14", (0, 6, 11, 16, 21, 26, 31, 36, 41, 46, 51, 56, 61, 66)),
+    "utk14": LabelScheme("utk14", (1, 6, 11, 16, 21, 26, 31, 36, 41, 46, 51, 56, 61, 66)),
     # The study's 8 groups: 1-5, 6-15, 16-25, 26-35, 36-45, 46-55, 56-65, 66+.
-    "utk8": LabelScheme("utk8", (0, 6, 16, 26, 36, 46, 56, 66)),
+    "utk8": LabelScheme("utk8", (1, 6, 16, 26, 36, 46, 56, 66)),
 }
 
 

@@ -187,6 +187,7 @@ def ingest(
     align: bool = False,
     overwrite: bool = False,
     progress: Callable[[int], None] | None = None,
+    block_size: int = BLOCK_SIZE,
 ) -> IngestSummary:
     """Read every image of ``source`` into ``output`` (HDF5), resumable; see the module docstring.
 
@@ -241,7 +242,7 @@ def ingest(
         aligner = FaceAligner(output_size=max(size, 200)).align_largest
     work = partial(process_entry, size=size, align=aligner)
     entries = islice(iter_entries(source, labels_csv), summary.n_entries, None)
-    blocks = _batched(entries, BLOCK_SIZE)
+    blocks = _batched(entries, block_size)
     workers = max(1, workers or os.cpu_count() or 1)
 
     def commit(results: list[tuple]) -> None:

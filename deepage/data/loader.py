@@ -124,10 +124,7 @@ class FaceBatches:
 
     def _order(self) -> np.ndarray:
         n = len(self.data)
-        if self.shuffle:
-            order = np.random.default_rng(self.seed + self.epoch).permutation(n)
-        else:
-            order = np.arange(n)
+        order = np.random.default_rng(self.seed + self.epoch).permutation(n) if self.shuffle else np.arange(n)
         if self.world_size > 1:
             if self.shuffle:  # equal shard sizes keep DDP ranks in step
                 order = order[: n - n % self.world_size]

@@ -1,0 +1,98 @@
+"""Latency of one face, end to end (read + decode → detect → align → preprocess → infer → answer), for the
+PyTorch and ONNX Runtime backends; p50/p95 over ``--runs`` calls, and the ONNX ÷ PyTorch ratio of the p50.
+
+Goals: p50 ≤ 50 ms end to end; ONNX/PyTorch ≤ 0.7. The model alone (the preprocessed batch of one face
+through the network and the head) is timed too, since detection costs both backends the same.
+
+    python bench/predict.py                       # the bundled model, if present
+    python bench/predict.py --model runs/NAME/best.pt --runs 50 --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from deepage.inference.predictor import DEFAULT_MODEL, Predictor, load_rgb
+from deepage.preprocessing import images_to_batch
+
+PHOTO = Path(__file__).resolve().parents[1] / "deepage" / "assets" / "astronaut.jpg"
+
+
+def _times_ms(fn, runs: int, warmup: int) -> np.ndarray:
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - t) * 1000)
+    return np.array(out)
+
+
+def bench(model: Path, image: Path, runs: int, warmup: int) -> dict[str, dict[str, float]]:
+    """``{backend: {"p50", "p95", "model_p50", "model_p95"}}`` in milliseconds."""
+    results = {}
+    backends = ["onnx"] if model.suffix == ".onnx" else ["torch", "onnx"]
+    for backend in backends:
+        predictor = Predictor.from_checkpoint(model, backend=backend)
+        first = predictor.predict_one(image)
+        if first.error or len(first.faces) != 1:
+            raise SystemExit(f"expected one face in {image}, got {first.error or len(first.faces)}")
+        e2e = _times_ms(lambda p=predictor: p.predict_one(image), runs, warmup)
+        chip = predictor.aligner.align_largest(load_rgb(image)[0])
+        x = images_to_batch([chip], predictor.spec.preprocessing)
+        infer = _times_ms(lambda p=predictor, x=x: p._head.predict(p._logits(x)), runs, warmup)
+        results[backend] = {"p50": float(np.percentile(e2e, 50)), "p95": float(np.percentile(e2e, 95)),
+                            "model_p50": float(np.percentile(infer, 50)),
+                            "model_p95": float(np.percentile(infer, 95))}
+    return results
+
+
+def stages(image: Path, runs: int, warmup: int) -> dict[str, float]:
+    """p50 in milliseconds of the steps both backends share: read + decode, detect + landmarks + chip."""
+    from deepage.inference.faces import FaceAligner
+
+    aligner = FaceAligner()
+    rgb = load_rgb(image)[0]
+    return {"decode": float(np.median(_times_ms(lambda: load_rgb(image), runs, warmup))),
+            "detect+align": float(np.median(_times_ms(lambda: aligner.detect(rgb), runs, warmup)))}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default=None, help="checkpoint or .onnx (default: the bundled model)")
+    parser.add_argument("--image", default=str(PHOTO), help="photo with one face (default: the astronaut)")
+    parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1, help="PyTorch and ONNX Runtime threads (default 1)")
+    args = parser.parse_args(argv)
+    model = Path(args.model) if args.model else DEFAULT_MODEL
+    if not model.is_file():
+        print(f"no model at {model}: pass --model CKPT", file=sys.stderr)
+        return 1
+    torch.set_num_threads(args.threads)
+    results = bench(model, Path(args.image), args.runs, args.warmup)
+    print("command: python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])]))
+    print(f"model: {model}; image: {args.image}; {args.runs} runs after {args.warmup} warm-up; "
+          f"{args.threads} thread(s)")
+    print(f"{'backend':<8}{'e2e p50 ms':>12}{'e2e p95 ms':>12}{'model p50 ms':>14}{'model p95 ms':>14}")
+    for name, r in results.items():
+        print(f"{name:<8}{r['p50']:>12.1f}{r['p95']:>12.1f}{r['model_p50']:>14.2f}{r['model_p95']:>14.2f}")
+    shared = stages(Path(args.image), args.runs, args.warmup)
+    print("shared by both backends (p50 ms): " + ", ".join(f"{k} {v:.1f}" for k, v in shared.items()))
+    if len(results) == 2:
+        print(f"ONNX / PyTorch p50: end to end {results['onnx']['p50'] / results['torch']['p50']:.2f}, "
+              f"model alone {results['onnx']['model_p50'] / results['torch']['model_p50']:.2f} "
+              "(goals: e2e p50 <= 50 ms, ratio <= 0.7)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,206 @@
+"""Evaluate a checkpoint on one split of an ingested HDF5 file: metrics, plots and a report.
+
+``evaluate_checkpoint`` writes into its output folder (default ``<checkpoint folder>/eval-<split>/``):
+
+* ``metrics.json``: :func:`~deepage.evaluation.metrics.full_metrics` plus ``n``, the split, both split
+  fingerprints, the inference speed, the model spec and any warnings;
+* ``predictions.csv``: one row per image (position, HDF5 row, true age, gender, race, predictions);
+* the PNG plots of :func:`~deepage.evaluation.plots.make_plots` and ``report.md``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+
+from ..checkpoint import load_checkpoint, model_from_checkpoint
+from ..data.loader import FaceBatches, load_split
+from ..data.split import read_split
+from .metrics import full_metrics, json_safe
+from .plots import make_plots
+from .predictions import Predictions, collect_predictions
+from .report import fmt_num, fmt_pct, headline, write_report
+
+__all__ = ["EvaluationResult", "evaluate_checkpoint", "write_predictions_csv"]
+
+
+@dataclass
+class EvaluationResult:
+    """What :func:`evaluate_checkpoint` computed and where it wrote it."""
+
+    metrics: dict
+    out_dir: Path
+    checkpoint: Path
+    split: str
+    plots: list[Path] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def summary_text(self) -> str:
+        """A few lines for the terminal: headline numbers, speed, warnings and the output folder."""
+        m = self.metrics
+        lines = [f"evaluated {self.checkpoint} on split '{self.split}' ({m['n']} images): {headline(m)}"]
+        for s in ("utk14", "utk8"):
+            if s in m:
+                lines.append(
+                    f"  {s}: balanced accuracy {fmt_pct(m[s]['balanced_accuracy'])}, one-off "
+                    f"{fmt_pct(m[s]['one_off'])}, macro F1 {fmt_num(m[s]['macro_f1'], 3)}, "
+                    f"macro AUC {fmt_num(m[s]['macro_auc'], 3)}"
+                )
+        lines.append(
+            f"  inference {fmt_num(m['speed']['images_per_second'], 1)} images/s on {m['speed']['device']}"
+        )
+        lines += [f"  warning: {w}" for w in self.warnings]
+        lines.append(
+            f"wrote metrics.json, predictions.csv, report.md and {len(self.plots)} plots to {self.out_dir}"
+        )
+        return "\n".join(lines)
+
+
+def _has_saved_split(path: Path) -> bool:
+    with h5py.File(path, "r") as f:
+        assignment, _ = read_split(f)
+    return assignment is not None
+
+
+def write_predictions_csv(
+    path: str | Path, preds: Predictions, rows: np.ndarray, gender: np.ndarray, race: np.ndarray
+) -> Path:
+    """One row per image: ``position,row,age_true,gender,race[,age_pred][,pred_<scheme>,conf_<scheme>]...``.
+
+    ``rows``, ``gender`` and ``race`` are ``(N,)`` arrays aligned with ``preds`` (position order).
+    """
+    path = Path(path)
+    schemes = list(preds.class_probs)
+    header = ["position", "row", "age_true", "gender", "race"]
+    header += ["age_pred"] if preds.age_pred is not None else []
+    for s in schemes:
+        header += [f"pred_{s}", f"conf_{s}"]
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(header)
+        for i in range(len(preds)):
+            r = [int(preds.index[i]), int(rows[i]), int(preds.age_true[i]), int(gender[i]), int(race[i])]
+            if preds.age_pred is not None:
+                r.append(f"{float(preds.age_pred[i]):.3f}")
+            for s in schemes:
+                p = preds.class_probs[s][i]
+                r += [int(p.argmax()), f"{float(p.max()):.4f}"]
+            w.writerow(r)
+    return path
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    data: str | Path,
+    split: str = "test",
+    out_dir: str | Path | None = None,
+    batch_size: int = 128,
+    tta_flip: bool = False,
+    device: str | torch.device | None = None,
+    plots: bool = True,
+) -> EvaluationResult:
+    """Evaluate ``checkpoint`` on ``split`` (``train``, ``val``, ``test`` or ``all``) of ingested ``data``.
+
+    Every image of the split is visited once (no shuffling, the last partial batch kept). A file without a
+    saved split is evaluated whole (split ``all``), which the result says. The split fingerprint of the
+    data is compared with the checkpoint's; a mismatch is reported as possible leakage. ``device``:
+    ``"cuda"`` when available unless given. ``plots=False`` skips the PNGs (about half a second each).
+    """
+    checkpoint, data = Path(checkpoint), Path(data)
+    if not data.is_file():
+        raise FileNotFoundError(f"data file {data} not found")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    ckpt = load_checkpoint(checkpoint)
+    model = model_from_checkpoint(ckpt)
+    warn: list[str] = []
+
+    requested = split
+    if split != "all" and not _has_saved_split(data):
+        warn.append(f"{data} has no saved split: evaluated all of its images instead of split '{split}'")
+        split = "all"
+    face_data = load_split(data, split)
+    if len(face_data) == 0:
+        raise ValueError(f"split '{split}' of {data} holds no images")
+
+    ckpt_fp = str(ckpt.get("split_fingerprint", "unknown"))
+    match = face_data.fingerprint == ckpt_fp
+    if not match:
+        warn.append(
+            f"the data's split fingerprint ({face_data.fingerprint}) differs from the checkpoint's "
+            f"({ckpt_fp}): the model may have been trained on some of these images (possible leakage)"
+        )
+    elif split in ("train", "all"):
+        warn.append(
+            f"split '{split}' contains the images the model was trained on: these are not held-out numbers"
+        )
+    pre = model.spec.preprocessing
+    if pre.stored_size != face_data.stored_size:
+        warn.append(
+            f"the model was trained on images stored at {pre.stored_size} px but {data} stores "
+            f"{face_data.stored_size} px"
+        )
+
+    dev = (
+        torch.device(device)
+        if device is not None
+        else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    )
+    model.to(dev)
+    batches = FaceBatches(face_data, pre, batch_size, shuffle=False, drop_last=False)
+    start = time.perf_counter()
+    preds = collect_predictions(model, batches, dev, tta_flip=tta_flip)
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    seconds = time.perf_counter() - start
+    if len(preds) != len(face_data):
+        raise RuntimeError(f"evaluated {len(preds)} images of a split of {len(face_data)}")
+
+    order = np.asarray(preds.index)
+    gender, race = face_data.gender.numpy()[order], face_data.race.numpy()[order]
+    metrics = full_metrics(preds, gender=gender, race=race)
+    spec = ckpt["spec"]
+    metrics.update(
+        json_safe(
+            {
+                "checkpoint": str(checkpoint.resolve()),
+                "data": str(data.resolve()),
+                "split": split,
+                "split_requested": requested,
+                "fingerprints": {"data": face_data.fingerprint, "checkpoint": ckpt_fp, "match": match},
+                "speed": {
+                    "images_per_second": len(preds) / seconds if seconds > 0 else None,
+                    "seconds": seconds,
+                    "batch_size": batch_size,
+                    "device": str(dev),
+                    "threads": torch.get_num_threads(),
+                    "tta_flip": tta_flip,
+                },
+                "model": {
+                    "name": spec.get("name"),
+                    "head": spec.get("head"),
+                    "scheme": spec.get("scheme"),
+                    "input_size": pre.input_size,
+                },
+                "checkpoint_metrics": ckpt.get("metrics", {}),
+                "warnings": warn,
+            }
+        )
+    )
+
+    out = Path(out_dir) if out_dir is not None else checkpoint.parent / f"eval-{split}"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1, allow_nan=False))
+    write_predictions_csv(out / "predictions.csv", preds, face_data.rows[order], gender, race)
+    written = make_plots(preds, metrics, out) if plots else []
+    write_report(metrics, out, written)
+    return EvaluationResult(
+        metrics=metrics, out_dir=out, checkpoint=checkpoint, split=split, plots=written, warnings=warn
+    )

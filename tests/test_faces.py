@@ -1,0 +1,139 @@
+"""Face detection and UTKFace-style alignment on the bundled public-domain photo."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from deepage.inference.faces import (
+    FIVE_POINT_TEMPLATE,
+    UTKFACE_PADDING,
+    FaceAligner,
+    NoFaceError,
+    landmark_model_path,
+)
+
+ASTRONAUT = Path(__file__).resolve().parents[1] / "deepage" / "assets" / "astronaut.jpg"
+FACE_BOX = (179, 83, 267, 171)  # her face, checked by eye on the annotated photo
+
+
+@pytest.fixture(scope="module")
+def astronaut() -> np.ndarray:
+    return cv2.cvtColor(cv2.imread(str(ASTRONAUT)), cv2.COLOR_BGR2RGB)
+
+
+@pytest.fixture(scope="module")
+def aligner() -> FaceAligner:
+    return FaceAligner()
+
+
+def _iou(a, b) -> float:
+    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def test_finds_exactly_her_face(astronaut, aligner):
+    faces = aligner.detect(astronaut)
+    assert len(faces) == 1  # the patch on her suit (dlib HOG score 0.1) is below min_score
+    face = faces[0]
+    assert _iou(face.box, FACE_BOX) > 0.8
+    assert face.score > 1.0
+    assert face.chip.shape == (200, 200, 3) and face.chip.dtype == np.uint8
+    assert aligner.method == "dlib+landmarks"
+    x0, y0, x1, y1 = face.box
+    assert np.all((face.landmarks[:, 0] > x0) & (face.landmarks[:, 0] < x1))
+    assert np.all((face.landmarks[:, 1] > y0) & (face.landmarks[:, 1] < y1))
+
+
+def test_landmarks_land_on_the_utkface_template(astronaut, aligner):
+    face = aligner.detect(astronaut)[0]
+    on_chip = face.landmarks @ face.matrix[:, :2].T + face.matrix[:, 2]
+    template = (FIVE_POINT_TEMPLATE + UTKFACE_PADDING) / (1 + 2 * UTKFACE_PADDING) * 200 - 0.5
+    assert np.abs(on_chip - template).max() < 3.0  # pixels: a similarity fit of 5 points
+    back = on_chip @ face.chip_to_image[:, :2].T + face.chip_to_image[:, 2]
+    np.testing.assert_allclose(back, face.landmarks, atol=1e-6)
+
+
+def test_chip_matches_dlib_get_face_chip(astronaut, aligner):
+    dlib = pytest.importorskip("dlib")
+    face = aligner.detect(astronaut)[0]
+    shape = dlib.shape_predictor(str(landmark_model_path()))(astronaut, dlib.rectangle(*face.box[:2],
+                                                                                      face.box[2] - 1,
+                                                                                      face.box[3] - 1))
+    ref = dlib.get_face_chip(astronaut, shape, size=200, padding=UTKFACE_PADDING)
+    assert np.abs(ref.astype(int) - face.chip.astype(int)).mean() < 3.0
+
+
+def test_box_fallback_frames_like_the_landmarks(astronaut, aligner):
+    with_marks = aligner.detect(astronaut)[0]
+    box_only = FaceAligner(landmarks=False)
+    assert box_only.method == "dlib+box"
+    face = box_only.detect(astronaut)[0]
+    assert face.landmarks is None and face.chip.shape == (200, 200, 3)
+    # the landmarks fall near their template places on the box-based chip too (within 10 % of its side;
+    # BOX_FRAMING is a median over UTKFace faces, and this face sits ~12 px higher in its HOG box)
+    on_chip = with_marks.landmarks @ face.matrix[:, :2].T + face.matrix[:, 2]
+    template = (FIVE_POINT_TEMPLATE + UTKFACE_PADDING) / (1 + 2 * UTKFACE_PADDING) * 200
+    assert np.abs(on_chip - template).max() < 20
+
+
+def test_haar_fallback_detector(astronaut):
+    haar = FaceAligner(detector="haar")
+    faces = haar.detect(astronaut)
+    assert haar.method == "haar+landmarks" or haar.method == "haar+box"
+    assert len(faces) >= 1 and _iou(faces[0].box, FACE_BOX) > 0.5
+
+
+def test_no_face(aligner):
+    blank = np.full((240, 320, 3), 128, np.uint8)
+    assert aligner.detect(blank) == []
+    with pytest.raises(NoFaceError, match="no face found in the 320x240 image"):
+        aligner.align_largest(blank)
+
+
+def test_face_filling_the_frame_is_found(astronaut, aligner):
+    chip = aligner.detect(astronaut)[0].chip  # a UTKFace-like crop: the face fills the frame
+    assert aligner.align_largest(chip).shape == (200, 200, 3)
+
+
+def test_largest_face_first(astronaut, aligner):
+    big = cv2.resize(astronaut, (768, 768), interpolation=cv2.INTER_LINEAR)
+    canvas = np.full((768, 1280, 3), 200, np.uint8)
+    canvas[:512, :512] = astronaut
+    canvas[:, 512:] = big
+    faces = aligner.detect(canvas)
+    assert len(faces) == 2
+    areas = [(f.box[2] - f.box[0]) * (f.box[3] - f.box[1]) for f in faces]
+    assert areas[0] > areas[1] and faces[1].box[2] < 512 < faces[0].box[0]
+
+
+def test_aligner_pickles_after_use(astronaut, aligner):
+    aligner.detect(astronaut)  # builds the dlib objects, which do not pickle
+    align = pickle.loads(pickle.dumps(aligner.align_largest))
+    np.testing.assert_array_equal(align(astronaut), aligner.align_largest(astronaut))
+
+
+def test_bad_input_is_refused(aligner):
+    with pytest.raises(ValueError, match="uint8 RGB"):
+        aligner.detect(np.zeros((10, 10), np.uint8))
+    with pytest.raises(ValueError, match="detector"):
+        FaceAligner(detector="mtcnn")
+
+
+def test_ingest_align_in_worker_processes(tmp_path, astronaut):
+    from deepage.data.ingest import ingest
+
+    src = tmp_path / "photos"
+    src.mkdir()
+    cv2.imwrite(str(src / "45_1_0_20170109150557335.jpg"), cv2.cvtColor(astronaut, cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(src / "30_0_0_20170109150557336.jpg"), np.full((200, 200, 3), 90, np.uint8))
+    summary = ingest(src, tmp_path / "out.h5", size=64, workers=2, align=True)
+    assert summary.n_images == 1
+    assert summary.skipped == [("30_0_0_20170109150557336.jpg",
+                                "no face found in the 200x200 image (dlib+landmarks detector)")]

@@ -1,0 +1,141 @@
+"""Configs, the training engine (budgets, checkpoints, exact resume after SIGKILL) and 2-process DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import pytest
+import torch
+import yaml
+
+from deepage.checkpoint import load_checkpoint, model_from_checkpoint
+from deepage.cli import main as cli
+from deepage.config import TrainConfig, apply_overrides, load_config
+from deepage.training.engine import lr_at, train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_config_layers_and_errors(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model: cnn\nlr: 0.01\nhead: classes\nscheme: utk8\n")
+    config = load_config(path, ["lr=0.5", "augment=false", "max_minutes=2.5", "input_size=none",
+                                "head_kwargs={dropout: 0.2}"])
+    assert (config.model, config.lr, config.augment, config.max_minutes) == ("cnn", 0.5, False, 2.5)
+    assert config.input_size is None and config.head_kwargs == {"dropout": 0.2}
+    assert config.epochs == TrainConfig().epochs  # untouched default
+    with pytest.raises(ValueError, match=r"unknown config key\(s\) \['lrr'\]"):
+        load_config(path, ["lrr=1"])
+    path.write_text("epochz: 3\n")
+    with pytest.raises(ValueError, match="epochz"):
+        load_config(path)
+    with pytest.raises(ValueError, match="expected an integer"):
+        apply_overrides(TrainConfig(), ["epochs=2.5"])
+    with pytest.raises(ValueError, match="expected true/false"):
+        apply_overrides(TrainConfig(), ["augment=maybe"])
+    with pytest.raises(ValueError, match="not one of"):
+        apply_overrides(TrainConfig(), ["optimizer=lbfgs"])
+    with pytest.raises(ValueError, match="needs scheme"):
+        TrainConfig(head="classes")
+
+
+def test_lr_schedule_warmup_and_cosine():
+    config = TrainConfig(lr=1.0, epochs=10, warmup_epochs=1)
+    assert lr_at(config, 0, 10, 0) == pytest.approx(0.1)
+    assert lr_at(config, 9, 10, 0) == pytest.approx(1.0)
+    assert lr_at(config, 99, 10, 0) == pytest.approx(0.01, abs=1e-3)
+    timed = TrainConfig(lr=1.0, epochs=1000, warmup_epochs=0, max_minutes=1)
+    assert lr_at(timed, 5, 10, 30.0) == pytest.approx(0.505, abs=0.01)  # half the time budget: half-way down
+
+
+def _config(tiny_h5, out, **kw) -> TrainConfig:
+    base = dict(data=str(tiny_h5), model="mobilenet_v2_tiny", head="dex", input_size=32, epochs=3,
+                batch_size=16, out_dir=str(out), name="run", progress=False, num_threads=1, seed=1,
+                deterministic=True, ema_decay=0.9)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_train_writes_a_self_describing_run(tiny_h5, tmp_path):
+    result = train(_config(tiny_h5, tmp_path, head="classes", scheme="utk8", class_weights=True,
+                           label_smoothing=0.1, epochs=2))
+    run = result.run_dir
+    for name in ("config.yaml", "metrics.csv", "history.json", "last.pt", "best.pt", "summary.json"):
+        assert (run / name).is_file(), name
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["scheme"] == "utk8" and saved["epochs"] == 2
+    best = load_checkpoint(run / "best.pt")
+    assert best["spec"]["name"] == "mobilenet_v2_tiny" and best["spec"]["scheme"] == "utk8"
+    assert best["spec"]["preprocessing"]["input_size"] == 32 and best["spec"]["preprocessing"]["stored_size"] == 32
+    assert len(best["split_fingerprint"]) == 16 and "utk8" in best["metrics"]
+    assert {"deepage", "torch", "timm"} <= set(best["versions"])
+    history = json.loads((run / "history.json").read_text())
+    assert [round(h["epoch"]) for h in history] == [1, 2]
+    model = model_from_checkpoint(run / "best.pt")
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 8)
+    assert result.stopped_by == "epochs"
+
+
+def test_budgets_stop_training(tiny_h5, tmp_path):
+    result = train(_config(tiny_h5, tmp_path, max_steps=3, name="steps"))
+    assert result.steps == 3 and result.stopped_by == "max_steps"
+    result = train(_config(tiny_h5, tmp_path, max_minutes=0.0001, name="time"))
+    assert result.steps == 1 and result.stopped_by == "max_minutes"
+    assert (result.run_dir / "last.pt").is_file()
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(tiny_h5, tmp_path):
+    """A run killed (SIGKILL) after its first epoch and resumed ends with the same weights as a run
+    that was never interrupted."""
+    reference = train(_config(tiny_h5, tmp_path / "a"))
+    config_path = tmp_path / "cfg.yaml"
+    config_path.write_text(yaml.safe_dump({k: v for k, v in vars(_config(tiny_h5, tmp_path / "b")).items()}))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "deepage", "train", "--config", str(config_path)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    last = tmp_path / "b" / "run" / "last.pt"  # written atomically after each epoch
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and not last.exists():
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    state = load_checkpoint(tmp_path / "b" / "run" / "last.pt")["train_state"]
+    assert state["epoch"] < 3, "the run finished before it could be killed"
+    assert cli(["train", "--resume", str(tmp_path / "b" / "run")]) == 0
+    a = load_checkpoint(reference.run_dir / "last.pt")
+    b = load_checkpoint(tmp_path / "b" / "run" / "last.pt")
+    assert b["train_state"]["step"] == a["train_state"]["step"]
+    for key, value in a["state_dict"].items():
+        torch.testing.assert_close(b["state_dict"][key], value, rtol=0, atol=0, msg=key)
+    assert [h["train_loss"] for h in b["train_state"]["history"]] == \
+        [h["train_loss"] for h in a["train_state"]["history"]]
+
+
+def test_resume_needs_a_run(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no last.pt"):
+        train(resume=tmp_path)
+
+
+def test_torchrun_two_processes(tiny_h5, tmp_path):
+    """DistributedDataParallel with gloo: 2 CPU ranks, each on its shard, only rank 0 writes."""
+    torchrun = Path(sys.executable).with_name("torchrun")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [str(torchrun), "--nproc_per_node=2", "--master_port=29517", "-m", "deepage", "train",
+           f"data={tiny_h5}", "model=mobilenet_v2_tiny", "input_size=32", "epochs=2", "batch_size=8",
+           f"out_dir={tmp_path}", "name=ddp", "progress=false", "num_threads=1"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
+    assert summary["world_size"] == 2
+    with h5py.File(tiny_h5) as f:
+        n_train, n_val = int((f["split"][:] == 0).sum()), int((f["split"][:] == 1).sum())
+    assert summary["steps"] == 2 * ((n_train // 2) // 8)  # each rank walks its half of the data
+    best = load_checkpoint(tmp_path / "ddp" / "best.pt")
+    assert best["metrics"]["n"] == n_val  # the whole validation split, gathered from both ranks
