@@ -112,7 +112,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from .inference.server import serve
 
-    serve(host=args.host, port=args.port, model=args.model)
+    serve(host=args.host, port=args.port, model=args.model, max_concurrency=args.max_concurrency,
+          workers=args.workers, request_timeout_s=args.timeout, max_upload_bytes=int(args.max_upload_mb * 2**20))
     return 0
 
 
@@ -198,6 +199,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--model", default=None, help="checkpoint (default: the bundled model)")
+    p.add_argument("--max-concurrency", type=int, default=64, help="requests admitted at once; more get 503")
+    p.add_argument("--workers", type=int, default=1, help="inference threads")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds before a request gets 504")
+    p.add_argument("--max-upload-mb", type=float, default=10.0, help="larger uploads get 413")
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("demo", help="find the face in a bundled photo and print its age")

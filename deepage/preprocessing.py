@@ -114,21 +114,22 @@ def _colour_coefficients(images: torch.Tensor, pre: Preprocessing, aug: Augmenta
     brightness (``*b``), the /255 and the normalisation are all affine in the pixel values, so they fold
     into these three coefficients and cost two passes over the batch instead of eight.
     """
-    b = images.shape[0]
+    b, device = images.shape[0], images.device
     sat = con = bri = torch.ones(b)
-    mean_grey = torch.zeros(b)
+    mean_grey = torch.zeros(b, device=device)
     if aug is not None:
         def factor(amount: float) -> torch.Tensor:
-            return 1 + amount * (2 * torch.rand(b, generator=gen) - 1)
+            return 1 + amount * (2 * torch.rand(b, generator=gen) - 1)  # CPU generator: same on any device
 
         sat, con, bri = factor(aug.saturation), factor(aug.contrast), factor(aug.brightness)
-        luma = torch.tensor([0.299, 0.587, 0.114])
+        luma = torch.tensor([0.299, 0.587, 0.114], device=device)
         mean_grey = images[:, ::8, ::8, :].float().mean(dim=(1, 2)) @ luma  # (B,), from a subsample
+    sat, con, bri = sat.to(device), con.to(device), bri.to(device)
     a = (bri * con * sat / 255.0).view(b, 1).expand(b, 3)
     g = (bri * con * (1 - sat) / 255.0).view(b, 1).expand(b, 3)
     c = (bri * (1 - con) * mean_grey / 255.0).view(b, 1).expand(b, 3)
     if pre.normalization == "imagenet":
-        mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
+        mean, std = torch.tensor(IMAGENET_MEAN, device=device), torch.tensor(IMAGENET_STD, device=device)
         a, g, c = a / std, g / std, (c - mean) / std
     shape = (b, 3, 1, 1)
     return a.reshape(shape), g.reshape(shape), c.reshape(shape)
@@ -137,7 +138,7 @@ def _colour_coefficients(images: torch.Tensor, pre: Preprocessing, aug: Augmenta
 def _sampling_grid(theta: torch.Tensor, size: int) -> torch.Tensor:
     """``affine_grid(theta, (B, 3, size, size), align_corners=False)`` by broadcasting: the library
     version runs a (H*W x 3) @ (3 x 2) matmul per image, several times slower on the CPU."""
-    base = (torch.arange(size, dtype=torch.float32) * 2 + 1) / size - 1  # pixel centres in [-1, 1]
+    base = (torch.arange(size, dtype=torch.float32, device=theta.device) * 2 + 1) / size - 1  # pixel centres
     bx, by = base.view(1, 1, size), base.view(1, size, 1)
     t = theta.view(-1, 2, 3, 1, 1)
     grid_x = t[:, 0, 0] * bx + t[:, 0, 1] * by + t[:, 0, 2]
@@ -161,12 +162,14 @@ def prepare_batch(images: torch.Tensor, pre: Preprocessing, augment: Augmentatio
         # grid_sample does not antialias: shrink first so small inputs are not aliased.
         side = round(source_side)
         x = F.interpolate(x, size=(side, side), mode="bilinear", antialias=True, align_corners=False)
-    grid = _sampling_grid(_affine(b, pre, augment, generator), pre.input_size)
+    grid = _sampling_grid(_affine(b, pre, augment, generator).to(images.device), pre.input_size)
     # Reflection padding: a rotated or shifted crop never shows black corners.
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
     # Colour and normalisation after resampling (both are linear, so the order does not matter).
-    grey = torch.einsum("bchw,c->bhw", x, torch.tensor([0.299, 0.587, 0.114])).unsqueeze(1)
-    return torch.addcmul(c + g * grey, x, a) if augment is not None else x.mul_(a).add_(c)
+    if augment is None:
+        return x.mul_(a).add_(c)
+    grey = torch.einsum("bchw,c->bhw", x, torch.tensor([0.299, 0.587, 0.114], device=x.device)).unsqueeze(1)
+    return torch.addcmul(c + g * grey, x, a)
 
 
 def images_to_batch(images: list, pre: Preprocessing) -> torch.Tensor:

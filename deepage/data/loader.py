@@ -40,7 +40,7 @@ class FaceData:
     def read_images(self, idx: np.ndarray) -> torch.Tensor:
         """``(B, S, S, 3) uint8`` for positions ``idx`` of this split."""
         if self.images is not None:
-            return self.images[torch.as_tensor(idx)]
+            return self.images[torch.as_tensor(idx, device=self.images.device)]
         order = np.argsort(self.rows[idx])
         out = np.empty((len(idx), self.stored_size, self.stored_size, 3), np.uint8)
         with h5py.File(self.source, "r") as f:

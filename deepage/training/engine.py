@@ -185,6 +185,9 @@ def train(config: TrainConfig | None = None, resume: str | Path | None = None,
         raise ValueError("config: 'data' (an ingested HDF5 file) is required")
     train_data = load_split(config.data, config.train_split)
     val_data = load_split(config.data, config.val_split) if config.val_split else None
+    if device.type == "cuda" and train_data.images is not None:
+        # Keep the uint8 split on the GPU: batches are gathered and augmented there (no host transfers).
+        train_data.images = train_data.images.to(device)
     model = build_model(config, train_data.stored_size)
     pre = model.spec.preprocessing
     if config.head == "classes" and config.class_weights:
@@ -198,9 +201,9 @@ def train(config: TrainConfig | None = None, resume: str | Path | None = None,
     if resume is None:
         name = config.name or f"{config.model}-{config.head}-{time.strftime('%Y%m%d-%H%M%S')}"
         run_dir = Path(config.out_dir) / name
-        if rank == 0:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(config, run_dir / "config.yaml")
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, run_dir / "config.yaml")  # on resume: with the overrides it was given
 
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True) \
         if config.ema_decay > 0 else None
