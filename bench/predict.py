@@ -25,34 +25,39 @@ from deepage.preprocessing import images_to_batch
 PHOTO = Path(__file__).resolve().parents[1] / "deepage" / "assets" / "astronaut.jpg"
 
 
-def _times_ms(fn, runs: int, warmup: int) -> np.ndarray:
+def _interleaved_ms(fns: dict, runs: int, warmup: int) -> dict[str, np.ndarray]:
+    """Milliseconds per call of each function, calls interleaved (a, b, a, b, ...) so that every function
+    meets the same load from other processes: on a shared machine that keeps the ratios honest."""
     for _ in range(warmup):
-        fn()
-    out = []
+        for fn in fns.values():
+            fn()
+    out: dict[str, list] = {k: [] for k in fns}
     for _ in range(runs):
-        t = time.perf_counter()
-        fn()
-        out.append((time.perf_counter() - t) * 1000)
-    return np.array(out)
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            out[name].append((time.perf_counter() - t) * 1000)
+    return {k: np.array(v) for k, v in out.items()}
 
 
 def bench(model: Path, image: Path, runs: int, warmup: int) -> dict[str, dict[str, float]]:
     """``{backend: {"p50", "p95", "model_p50", "model_p95"}}`` in milliseconds."""
-    results = {}
     backends = ["onnx"] if model.suffix == ".onnx" else ["torch", "onnx"]
-    for backend in backends:
-        predictor = Predictor.from_checkpoint(model, backend=backend)
+    predictors = {b: Predictor.from_checkpoint(model, backend=b) for b in backends}
+    fns = {}
+    for backend, predictor in predictors.items():
         first = predictor.predict_one(image)
         if first.error or len(first.faces) != 1:
             raise SystemExit(f"expected one face in {image}, got {first.error or len(first.faces)}")
-        e2e = _times_ms(lambda p=predictor: p.predict_one(image), runs, warmup)
         chip = predictor.aligner.align_largest(load_rgb(image)[0])
         x = images_to_batch([chip], predictor.spec.preprocessing)
-        infer = _times_ms(lambda p=predictor, x=x: p._head.predict(p._logits(x)), runs, warmup)
-        results[backend] = {"p50": float(np.percentile(e2e, 50)), "p95": float(np.percentile(e2e, 95)),
-                            "model_p50": float(np.percentile(infer, 50)),
-                            "model_p95": float(np.percentile(infer, 95))}
-    return results
+        fns[f"{backend}/e2e"] = lambda p=predictor: p.predict_one(image)
+        fns[f"{backend}/model"] = lambda p=predictor, x=x: p._head.predict(p._logits(x))
+    times = _interleaved_ms(fns, runs, warmup)
+    return {b: {"p50": float(np.percentile(times[f"{b}/e2e"], 50)),
+                "p95": float(np.percentile(times[f"{b}/e2e"], 95)),
+                "model_p50": float(np.percentile(times[f"{b}/model"], 50)),
+                "model_p95": float(np.percentile(times[f"{b}/model"], 95))} for b in backends}
 
 
 def stages(image: Path, runs: int, warmup: int) -> dict[str, float]:
@@ -61,8 +66,9 @@ def stages(image: Path, runs: int, warmup: int) -> dict[str, float]:
 
     aligner = FaceAligner()
     rgb = load_rgb(image)[0]
-    return {"decode": float(np.median(_times_ms(lambda: load_rgb(image), runs, warmup))),
-            "detect+align": float(np.median(_times_ms(lambda: aligner.detect(rgb), runs, warmup)))}
+    times = _interleaved_ms({"decode": lambda: load_rgb(image), "detect+align": lambda: aligner.detect(rgb)},
+                            runs, warmup)
+    return {k: float(np.median(v)) for k, v in times.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
