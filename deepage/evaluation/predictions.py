@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from ..data.loader import Batch
+from ..models.heads import average_outputs
 from ..models.registry import AgeModel
 
 __all__ = ["Predictions", "collect_predictions", "predict_tensor"]
@@ -35,12 +36,9 @@ def predict_tensor(model: AgeModel, x: torch.Tensor, tta_flip: bool = False) -> 
     ``tta_flip`` averages the predictions for the image and its mirror image.
     """
     out = model.predict(model(x))
-    if not tta_flip:
-        return out.age, out.class_probs
-    flipped = model.predict(model(torch.flip(x, dims=[3])))
-    age = None if out.age is None else (out.age + flipped.age) / 2
-    probs = {k: (v + flipped.class_probs[k]) / 2 for k, v in out.class_probs.items()}
-    return age, probs
+    if tta_flip:
+        out = average_outputs(out, model.predict(model(torch.flip(x, dims=[3]))))
+    return out.age, out.class_probs
 
 
 @torch.no_grad()

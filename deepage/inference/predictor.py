@@ -25,7 +25,7 @@ from PIL import Image, ImageOps
 from ..checkpoint import load_checkpoint, model_from_checkpoint
 from ..imageio import ImageDecodeError, decode_image, to_rgb_uint8
 from ..labels import get_scheme
-from ..models.heads import HeadOutput, create_head
+from ..models.heads import HeadOutput, average_outputs, create_head
 from ..models.registry import ModelSpec
 from ..preprocessing import Preprocessing, images_to_batch
 from .faces import FaceAligner
@@ -201,13 +201,14 @@ class Predictor:
 
     def __init__(self, spec: ModelSpec, checkpoint_path: Path, backend: str,
                  model: torch.nn.Module | None = None, session=None, detect: bool = True, device: str = "cpu",
-                 metadata: dict | None = None, aligner: FaceAligner | None = None) -> None:
+                 metadata: dict | None = None, aligner: FaceAligner | None = None, tta: bool = False) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         self.spec = spec
         self.checkpoint_path = Path(checkpoint_path)
         self.backend = backend
         self.detect = detect
+        self.tta = tta  # average each face with its mirror image (2x the model cost)
         self.device = torch.device(device)
         self.metadata = metadata or {}
         self._model = model
@@ -223,7 +224,7 @@ class Predictor:
     # ---- construction --------------------------------------------------------------------------------
     @classmethod
     def from_checkpoint(cls, path: str | Path, backend: str = "torch", detect: bool = True,
-                        device: str = "cpu") -> Predictor:
+                        device: str = "cpu", tta: bool = False) -> Predictor:
         """Load a ``.pt`` checkpoint (either backend: for ``onnx`` it is exported in memory) or an ``.onnx``
         file written by ``deepage export`` (``onnx`` backend only; its spec is read from the file)."""
         path = Path(path)
@@ -246,7 +247,7 @@ class Predictor:
                 raise ValueError(f"{path} has no {SPEC_KEY!r} metadata: export it with `deepage export`")
             spec = ModelSpec.from_dict(json.loads(meta[SPEC_KEY]))
             info = {"format": meta.get(FORMAT_KEY), "metrics": json.loads(meta.get("deepage_metrics", "{}"))}
-            return cls(spec, path, "onnx", session=session, detect=detect, device=device, metadata=info)
+            return cls(spec, path, "onnx", session=session, detect=detect, device=device, metadata=info, tta=tta)
         ckpt = load_checkpoint(path)
         model = model_from_checkpoint(ckpt).to(device)
         info = {k: ckpt.get(k) for k in ("metrics", "versions", "split_fingerprint") if k in ckpt}
@@ -254,8 +255,9 @@ class Predictor:
             from .export import model_to_onnx_bytes, onnx_session
 
             session = onnx_session(model_to_onnx_bytes(model.cpu()))
-            return cls(model.spec, path, "onnx", session=session, detect=detect, device=device, metadata=info)
-        return cls(model.spec, path, "torch", model=model, detect=detect, device=device, metadata=info)
+            return cls(model.spec, path, "onnx", session=session, detect=detect, device=device, metadata=info,
+                       tta=tta)
+        return cls(model.spec, path, "torch", model=model, detect=detect, device=device, metadata=info, tta=tta)
 
     @classmethod
     def default(cls, **kw) -> Predictor:
@@ -374,6 +376,8 @@ class Predictor:
                 chunk = crops[start:start + BATCH_SIZE]
                 x = images_to_batch([c.crop for c in chunk], self.spec.preprocessing)
                 out = self._head.predict(self._logits(x))
+                if self.tta:
+                    out = average_outputs(out, self._head.predict(self._logits(torch.flip(x, dims=[3]))))
                 if explain:
                     for c, regions in zip(chunk, self._regions(x), strict=True):
                         c.regions = regions

@@ -22,7 +22,8 @@ import torch.nn.functional as F
 
 from ..labels import AGE_BINS, MAX_AGE, LabelScheme, get_scheme, list_schemes
 
-__all__ = ["HeadOutput", "ClassesHead", "DexHead", "CoralHead", "create_head", "HEADS", "gaussian_age_targets"]
+__all__ = ["HeadOutput", "average_outputs", "ClassesHead", "DexHead", "CoralHead", "create_head", "HEADS",
+           "gaussian_age_targets"]
 
 HEADS = ("classes", "dex", "coral")
 
@@ -35,6 +36,14 @@ class HeadOutput:
     age: torch.Tensor | None
     class_probs: dict[str, torch.Tensor] = field(default_factory=dict)
     age_probs: torch.Tensor | None = None
+
+
+def average_outputs(a: HeadOutput, b: HeadOutput) -> HeadOutput:
+    """The mean of two predictions of the same images (e.g. an image and its mirror image)."""
+    age = None if a.age is None else (a.age + b.age) / 2
+    age_probs = None if a.age_probs is None else (a.age_probs + b.age_probs) / 2
+    return HeadOutput(age=age, class_probs={k: (v + b.class_probs[k]) / 2 for k, v in a.class_probs.items()},
+                      age_probs=age_probs)
 
 
 def gaussian_age_targets(ages: torch.Tensor, sigma: float, num_ages: int = AGE_BINS) -> torch.Tensor:
