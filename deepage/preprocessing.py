@@ -168,8 +168,8 @@ def prepare_batch(images: torch.Tensor, pre: Preprocessing, augment: Augmentatio
     # Colour and normalisation after resampling (both are linear, so the order does not matter).
     if augment is None:
         return x.mul_(a).add_(c)
-    grey = torch.einsum("bchw,c->bhw", x, torch.tensor([0.299, 0.587, 0.114], device=x.device)).unsqueeze(1)
-    return torch.addcmul(c + g * grey, x, a)
+    grey = (x[:, 0:1] * 0.299).add_(x[:, 1:2], alpha=0.587).add_(x[:, 2:3], alpha=0.114)  # (B, 1, H, W)
+    return torch.addcmul(c, grey, g).addcmul_(x, a)  # a*x + g*grey + c, in two passes
 
 
 def images_to_batch(images: list, pre: Preprocessing) -> torch.Tensor:

@@ -21,6 +21,7 @@ result holds exactly the rows an uninterrupted run would. Only a finished file i
 from __future__ import annotations
 
 import json
+import mmap
 import multiprocessing as mp
 import os
 import time
@@ -96,6 +97,21 @@ def process_entry(entry: Entry, size: int, align: Callable | None = None) -> tup
         return ("skip", entry.name, getattr(exc, "reason", str(exc)))
     except Exception as exc:  # noqa: BLE001 - one odd file must never stop an ingest
         return ("skip", entry.name, f"unexpected error: {type(exc).__name__}: {exc}")
+
+
+_SHARED_IMAGES: np.ndarray | None = None
+"""``(slots, S, S, 3)`` uint8 in an anonymous shared mapping, created before the worker pool forks so
+workers inherit it: they write decoded images there and return only labels and hashes, which keeps the
+parent (the one process that also streams the archive and writes HDF5) from unpickling every image."""
+
+
+def _process_into_slot(task: tuple[int, Entry], size: int, align: Callable | None) -> tuple:
+    slot, entry = task
+    result = process_entry(entry, size, align)
+    if result[0] == "ok" and _SHARED_IMAGES is not None:
+        _SHARED_IMAGES[slot] = result[2]
+        result = (*result[:2], slot, *result[3:])  # the image travels through the shared mapping
+    return result
 
 
 def _batched(items: Iterable, n: int) -> Iterator[list]:
@@ -256,17 +272,38 @@ def ingest(
         if workers == 1:
             for block in blocks:
                 commit([work(e) for e in block])
-        else:
-            # Two blocks in flight: workers decode block k+1 while this process writes block k,
-            # and memory stays bounded whatever the size of the source.
-            with mp.get_context("fork" if os.name == "posix" else "spawn").Pool(workers) as pool:
-                pending: deque = deque()
+        elif os.name != "posix":
+            with mp.get_context("spawn").Pool(workers) as pool:
                 for block in blocks:
-                    pending.append(pool.map_async(work, block, chunksize=16))
-                    if len(pending) >= 2:
-                        commit(pending.popleft().get())
-                while pending:
-                    commit(pending.popleft().get())
+                    commit(pool.map(work, block, chunksize=16))
+        else:
+            # Up to IN_FLIGHT blocks queued: workers decode the next blocks while this process writes one,
+            # and memory stays bounded whatever the size of the source. Block k owns the slots
+            # [(k % IN_FLIGHT) * block_size, ...) of the shared image buffer until it is committed.
+            global _SHARED_IMAGES
+            in_flight = 3
+            shared = mmap.mmap(-1, in_flight * block_size * size * size * 3)
+            _SHARED_IMAGES = np.frombuffer(shared, np.uint8).reshape(in_flight * block_size, size, size, 3)
+            slot_work = partial(_process_into_slot, size=size, align=aligner)
+
+            def collect(results: list[tuple]) -> list[tuple]:
+                return [(*r[:2], _SHARED_IMAGES[r[2]], *r[3:]) if r[0] == "ok" and isinstance(r[2], int) else r
+                        for r in results]
+
+            try:
+                with mp.get_context("fork").Pool(workers) as pool:
+                    pending: deque = deque()
+                    for k, block in enumerate(blocks):
+                        base = (k % in_flight) * block_size
+                        tasks = [(base + i, e) for i, e in enumerate(block)]
+                        pending.append(pool.map_async(slot_work, tasks, chunksize=16))
+                        if len(pending) >= in_flight:
+                            commit(collect(pending.popleft().get()))
+                    while pending:
+                        commit(collect(pending.popleft().get()))
+            finally:
+                _SHARED_IMAGES = None
+                shared.close()
         f.attrs.update({"n_images": summary.n_images, "n_skipped": summary.n_skipped, "complete": True})
     finally:
         f.close()
