@@ -188,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-detect", action="store_true", help="images are already face crops")
     p.add_argument("--explain", action="store_true", help="AL-ResNet: draw the attended regions")
     p.add_argument("--backend", default="torch", choices=["torch", "onnx"])
+    p.add_argument("--tta", action="store_true", help="also read the mirror image and average (2x slower)")
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("export", help="export a checkpoint to ONNX")

@@ -125,9 +125,10 @@ def run_predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     if args.model:
-        predictor = Predictor.from_checkpoint(args.model, backend=args.backend, detect=not args.no_detect)
+        predictor = Predictor.from_checkpoint(args.model, backend=args.backend, detect=not args.no_detect,
+                                              tta=args.tta)
     else:
-        predictor = Predictor.default(backend=args.backend, detect=not args.no_detect)
+        predictor = Predictor.default(backend=args.backend, detect=not args.no_detect, tta=args.tta)
     if args.explain and not predictor.can_explain:
         print(f"deepage predict: --explain needs a model that reports attended regions (AL-ResNet, torch "
               f"backend); {predictor.checkpoint_path} is {predictor.spec.name!r} with the "
