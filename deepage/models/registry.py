@@ -13,7 +13,7 @@ preprocessing included) as ``model.spec``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -210,7 +210,3 @@ def create_model(name: str, head: str = "dex", num_classes: int | None = None, i
                      model_kwargs=dict(model_kwargs), head_kwargs=dict(head_kwargs or {}))
     return build_from_spec(spec, pretrained=pretrained, weights=weights)
 
-
-def with_preprocessing(spec: ModelSpec, **changes) -> ModelSpec:
-    """A copy of ``spec`` with some preprocessing fields changed."""
-    return replace(spec, preprocessing=replace(spec.preprocessing, **changes))

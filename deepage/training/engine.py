@@ -20,7 +20,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -360,7 +360,3 @@ def train(config: TrainConfig | None = None, resume: str | Path | None = None,
         dist.barrier()
     return result
 
-
-def config_with(config: TrainConfig, **changes) -> TrainConfig:
-    """A copy of a frozen config with some fields changed."""
-    return replace(config, **changes)
