@@ -17,7 +17,7 @@ os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", "64000000")
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
+from PIL import Image, ImageOps  # noqa: E402
 
 __all__ = [
     "ImageDecodeError",
@@ -103,9 +103,15 @@ def decode_image(data: bytes, name: str = "<bytes>") -> np.ndarray:
 
 
 def to_rgb_uint8(image: np.ndarray | Image.Image) -> np.ndarray:
-    """A PIL image or array (``(H, W)`` grey, ``(H, W, 3)`` RGB, ``(H, W, 4)`` RGBA; uint8/uint16/float
-    in [0, 1]) as ``(H, W, 3)`` uint8 RGB."""
+    """A PIL image (EXIF orientation applied; 16-bit and float grey scaled, not clipped) or an array
+    (``(H, W)`` grey, ``(H, W, 3)`` RGB, ``(H, W, 4)`` RGBA; uint8/uint16/float in [0, 1]) as
+    ``(H, W, 3)`` uint8 RGB."""
     if isinstance(image, Image.Image):
+        image = ImageOps.exif_transpose(image)
+        if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # Pillow's convert("RGB") would clip these
+            return to_rgb_uint8(np.clip(np.asarray(image), 0, 65535).astype(np.uint16))
+        if image.mode == "F":
+            return to_rgb_uint8(np.asarray(image) / max(1.0, float(np.asarray(image).max())))
         return np.asarray(image.convert("RGB"))
     arr = np.asarray(image)
     if arr.dtype == np.uint16:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
 from ..checkpoint import load_checkpoint, model_from_checkpoint
 from ..imageio import ImageDecodeError, decode_image, to_rgb_uint8
@@ -102,15 +102,6 @@ class ImagePrediction:
 
 
 # ---- image loading ------------------------------------------------------------------------------------
-def _pil_to_rgb(im: Image.Image) -> np.ndarray:
-    im = ImageOps.exif_transpose(im)
-    if im.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit grey: scale, do not clip (Pillow's convert clips)
-        return to_rgb_uint8(np.clip(np.asarray(im), 0, 65535).astype(np.uint16))
-    if im.mode == "F":
-        return to_rgb_uint8(np.asarray(im) / max(1.0, float(np.asarray(im).max())))
-    return to_rgb_uint8(im)
-
-
 def load_rgb(image, name: str | None = None) -> tuple[np.ndarray, str]:
     """Any accepted input → ``((H, W, 3) uint8 RGB, source name)``.
 
@@ -132,7 +123,7 @@ def load_rgb(image, name: str | None = None) -> tuple[np.ndarray, str]:
         name = name or "<bytes>"
         return decode_image(bytes(image), name), name
     if isinstance(image, Image.Image):
-        return _pil_to_rgb(image), name or "<PIL image>"
+        return to_rgb_uint8(image), name or "<PIL image>"
     if isinstance(image, np.ndarray):
         name = name or "<array>"
         try:
