@@ -30,10 +30,13 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def _cmd_split(args: argparse.Namespace) -> int:
-    from .data.split import export_csv, split_dataset
+    from .data.split import copy_split, export_csv, split_dataset
 
-    info = split_dataset(args.data, test=args.test, val=args.val, seed=args.seed, stratify=args.stratify,
-                         near_threshold=args.near_threshold)
+    if args.copy_from:
+        info = copy_split(args.copy_from, args.data)
+    else:
+        info = split_dataset(args.data, test=args.test, val=args.val, seed=args.seed, stratify=args.stratify,
+                             near_threshold=args.near_threshold)
     print(f"split {args.data}: " + ", ".join(f"{k} {v}" for k, v in info.counts.items())
           + f"; fingerprint {info.fingerprint}; {info.n_images_in_dup_groups} images in duplicate groups")
     if args.export_csv:
@@ -149,6 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--near-threshold", type=int, default=4,
                    help="perceptual-hash bits within which images count as near duplicates (default 4)")
     p.add_argument("--export-csv", default=None, help="write filename,split for every image")
+    p.add_argument("--from", dest="copy_from", default=None, metavar="OTHER_H5",
+                   help="copy the split saved in OTHER_H5 (the same images at another size) instead")
     p.set_defaults(func=_cmd_split)
 
     p = sub.add_parser("info", help="summarise an ingested HDF5 file")

@@ -37,6 +37,7 @@ class TrainConfig:
     normalization: str | None = None  # None: the model's default ("imagenet" or "unit")
     pretrained: bool = False
     weights: str | None = None  # local backbone weights file
+    init_from: str | None = None  # a deepage checkpoint (same model and head) whose weights start this run
     model_kwargs: dict = field(default_factory=dict)
     head_kwargs: dict = field(default_factory=dict)
     # optimisation

@@ -22,7 +22,7 @@ from deepage.cli import main as cli
 from deepage.data.info import dataset_info
 from deepage.data.ingest import ingest
 from deepage.data.sources import LabelParseError, Labels, parse_utkface_name
-from deepage.data.split import duplicate_groups, export_csv, split_dataset
+from deepage.data.split import copy_split, duplicate_groups, export_csv, split_dataset
 
 from .conftest import synthetic_face, write_utk_folder
 
@@ -239,6 +239,35 @@ def test_split_keeps_groups_whole_and_is_reproducible(tmp_path):
     assert split_dataset(out, test=0.2, val=0.1, seed=4).fingerprint != info.fingerprint
     with pytest.raises(ValueError, match="fractions"):
         split_dataset(out, test=0.7, val=0.5)
+
+
+def test_copy_split_keeps_one_test_set_across_sizes(tmp_path, capsys):
+    """The same images ingested at another size get the same split (matched by content hash, not row)."""
+    folder = tmp_path / "UTKFace"
+    write_utk_folder(folder, n=60)
+    small, large = tmp_path / "s.h5", tmp_path / "l.h5"
+    ingest(folder, small, size=32, workers=1)
+    ingest(folder, large, size=48, workers=1)
+    info = split_dataset(small, test=0.2, val=0.2, seed=5)
+    with h5py.File(large, "r+") as f:  # shuffle the rows of the larger file: matching must not rely on order
+        order = np.random.default_rng(0).permutation(60)
+        for name in ("sha1", "filename"):
+            data = f[name][:][order]
+            del f[name]
+            f.create_dataset(name, data=data)
+    assert cli(["split", str(large), "--from", str(small)]) == 0
+    assert info.fingerprint in capsys.readouterr().out
+    with h5py.File(small) as a, h5py.File(large) as b:
+        by_name = dict(zip(a["filename"].asstr()[:], a["split"][:], strict=True))
+        assert all(by_name[n] == k for n, k in zip(b["filename"].asstr()[:], b["split"][:], strict=True))
+        assert b.attrs["split_fingerprint"] == info.fingerprint and b.attrs["split_seed"] == 5
+    other = tmp_path / "o.h5"
+    write_utk_folder(tmp_path / "Other", n=5, seed=99)
+    ingest(tmp_path / "Other", other, size=32, workers=1)
+    with pytest.raises(ValueError, match="not in"):
+        copy_split(small, other)
+    with pytest.raises(ValueError, match="no saved split"):
+        copy_split(other, small)
 
 
 def test_info_and_cli(tiny_h5, capsys):

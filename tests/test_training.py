@@ -83,6 +83,22 @@ def test_train_writes_a_self_describing_run(tiny_h5, tmp_path):
     assert result.stopped_by == "epochs"
 
 
+def test_init_from_starts_from_a_checkpoint_at_another_input_size(tiny_h5, tmp_path):
+    first = train(_config(tiny_h5, tmp_path, epochs=1, name="first"))
+    start = load_checkpoint(first.run_dir / "best.pt")["state_dict"]
+    # lr 0 and no EMA: the weights must come out exactly as they went in, at a new input size.
+    second = train(_config(tiny_h5, tmp_path, epochs=1, name="second", input_size=40, lr=0.0, ema_decay=0.0,
+                           init_from=str(first.run_dir / "best.pt")))
+    tuned = load_checkpoint(second.run_dir / "best.pt")
+    assert tuned["spec"]["preprocessing"]["input_size"] == 40
+    for key, value in start.items():
+        if value.dtype.is_floating_point and "running" not in key:
+            assert torch.equal(value, tuned["state_dict"][key]), key
+    with pytest.raises(ValueError, match="init_from.*head"):
+        train(_config(tiny_h5, tmp_path, epochs=1, name="third", head="coral",
+                      init_from=str(first.run_dir / "best.pt")))
+
+
 def test_budgets_stop_training(tiny_h5, tmp_path):
     result = train(_config(tiny_h5, tmp_path, max_steps=3, name="steps"))
     assert result.steps == 3 and result.stopped_by == "max_steps"

@@ -27,7 +27,7 @@ import numpy as np
 from ..labels import get_scheme
 
 __all__ = ["SPLIT_NAMES", "duplicate_groups", "assign_splits", "split_dataset", "SplitInfo", "export_csv",
-           "read_split"]
+           "read_split", "copy_split"]
 
 SPLIT_NAMES = ("train", "val", "test")
 DEFAULT_NEAR_THRESHOLD = 4
@@ -157,6 +157,46 @@ def split_dataset(path: str | Path, test: float = 0.2, val: float = 0.1, seed: i
                         "split_fractions": list(info.fractions), "split_stratify": info.stratify,
                         "split_near_threshold": near_threshold})
     return info
+
+
+def copy_split(source: str | Path, target: str | Path) -> SplitInfo:
+    """Give ``target`` the split saved in ``source``: the same images ingested at another size.
+
+    Perceptual hashes are computed on the stored (resized) image, so re-splitting a file ingested at
+    another size could group near duplicates slightly differently. Copying keeps one test set across
+    resolutions. Images are matched by file-content hash (SHA-1), which is what the fingerprint covers, so
+    the row order may differ; every image of ``target`` must be in ``source``.
+    """
+    with h5py.File(source, "r") as f:
+        src_split, src_fp = read_split(f)
+        if src_split is None:
+            raise ValueError(f"{source} has no saved split; run deepage split on it first")
+        src_sha1, src_groups = f["sha1"][:], f["dup_group"][:]
+        settings = {k: f.attrs[k] for k in ("split_seed", "split_fractions", "split_stratify",
+                                            "split_near_threshold") if k in f.attrs}
+    row_of = {bytes(s): i for i, s in enumerate(src_sha1)}
+    with h5py.File(target, "r+") as f:
+        if not f.attrs.get("complete", False):
+            raise ValueError(f"{target} is not a finished ingest (run deepage ingest first)")
+        sha1, names = f["sha1"][:], f["filename"].asstr()[:]
+        missing = [n for s, n in zip(sha1, names, strict=True) if bytes(s) not in row_of]
+        if missing:
+            raise ValueError(f"{len(missing)} images of {target} are not in {source}, e.g. {missing[0]!r}")
+        rows = np.array([row_of[bytes(s)] for s in sha1], dtype=np.int64)
+        split, groups = src_split[rows], src_groups[rows]
+        for name, data in (("split", split), ("dup_group", groups)):
+            if name in f:
+                del f[name]
+            f.create_dataset(name, data=data)
+        fp = fingerprint(sha1, split)
+        f.attrs.update({"split_fingerprint": fp, **settings})
+    sizes = np.bincount(groups)
+    fractions = tuple(float(x) for x in settings.get("split_fractions", (0.0, 0.0, 0.0)))
+    return SplitInfo(counts={n: int((split == k).sum()) for k, n in enumerate(SPLIT_NAMES)}, fingerprint=fp,
+                     seed=int(settings.get("split_seed", -1)), fractions=fractions,  # type: ignore[arg-type]
+                     stratify=str(settings.get("split_stratify", "")),
+                     near_threshold=int(settings.get("split_near_threshold", -1)), n_groups=int((sizes > 0).sum()),
+                     n_images_in_dup_groups=int(sizes[sizes > 1].sum()))
 
 
 def read_split(f: h5py.File) -> tuple[np.ndarray | None, str]:

@@ -71,6 +71,24 @@ def build_model(config: TrainConfig, stored_size: int) -> AgeModel:
                         head_kwargs=dict(config.head_kwargs), **config.model_kwargs)
 
 
+def _init_weights_from(model: AgeModel, path: str) -> None:
+    """Start from a deepage checkpoint's weights (fine-tuning, e.g. at a higher resolution).
+
+    The architecture and head must match; the preprocessing (input size) may differ. Loaded with
+    ``weights_only=True`` like every checkpoint.
+    """
+    ckpt = load_checkpoint(path)
+    spec = ckpt.get("spec", {})
+    for key in ("name", "head"):
+        if spec.get(key) != getattr(model.spec, key):
+            raise ValueError(f"config field 'init_from': {path} holds {key} {spec.get(key)!r}, "
+                             f"this run builds {getattr(model.spec, key)!r}")
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as exc:
+        raise ValueError(f"config field 'init_from': {path} does not fit this model: {exc}") from exc
+
+
 def make_optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
     """AdamW/Adam/SGD; no weight decay on biases and norm layers (1-d parameters)."""
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
@@ -189,6 +207,8 @@ def train(config: TrainConfig | None = None, resume: str | Path | None = None,
         # Keep the uint8 split on the GPU: batches are gathered and augmented there (no host transfers).
         train_data.images = train_data.images.to(device)
     model = build_model(config, train_data.stored_size)
+    if config.init_from and state is None:
+        _init_weights_from(model, config.init_from)
     pre = model.spec.preprocessing
     if config.head == "classes" and config.class_weights:
         model.head.class_weights = _class_weights(train_data, config.scheme)
