@@ -59,6 +59,7 @@ def test_metrics_json_has_every_group(evaluated, tiny_h5):
         assert sum(map(sum, m[scheme]["confusion_matrix"])) == n_test
         assert set(m[scheme]["per_class"]["1-5"]) == {"precision", "recall", "f1", "support", "auc"}
     assert {"mae", "cs5", "cs_curve"} <= set(m["age"]) and len(m["age"]["cs_curve"]) == 11
+    assert 0 <= m["age"]["interval_coverage"] <= 1 and m["age"]["interval_width"] > 0  # a dex head: a distribution
     assert set(m["by_gender"]) <= {"male", "female", "unknown"}
     assert sum(g["n"] for g in m["by_gender"].values()) == n_test
     assert sum(g["n"] for g in m["by_race"].values()) == n_test

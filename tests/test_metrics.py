@@ -40,6 +40,11 @@ def test_age_metrics_hand_computed():
     assert m["bias"] == pytest.approx((2 + 0 - 6 + 5.5) / 4)
     assert m["rmse"] == pytest.approx(np.sqrt((4 + 0 + 36 + 30.25) / 4))
     assert m["median_ae"] == pytest.approx((2 + 5.5) / 2)
+    assert "interval_coverage" not in m
+    interval = np.array([[11, 14], [20, 20], [25, 35], [41, 50]])  # holds 20 and 30 (edges count), not 10, 40
+    m = age_metrics(true, pred, interval)
+    assert m["interval_coverage"] == pytest.approx(0.5)
+    assert m["interval_width"] == pytest.approx((3 + 0 + 10 + 9) / 4)
 
 
 def test_one_off_accuracy_counts_adjacent_classes():

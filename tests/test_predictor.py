@@ -16,7 +16,8 @@ from PIL import Image
 import deepage.imageio
 from deepage.imageio import ImageDecodeError
 from deepage.inference import predictor as predictor_module
-from deepage.inference.predictor import Predictor, _quantile, load_rgb
+from deepage.inference.predictor import Predictor, load_rgb
+from deepage.models.heads import age_quantiles
 
 ASTRONAUT = Path(__file__).resolve().parents[1] / "deepage" / "assets" / "astronaut.jpg"
 
@@ -169,10 +170,14 @@ def test_bad_items_do_not_stop_the_others(predictor, tmp_path):
 def test_quantiles_of_the_age_distribution():
     probs = np.zeros(101)
     probs[30] = 1.0
-    assert _quantile(probs, 0.1) == pytest.approx(29.6)
-    assert _quantile(probs, 0.9) == pytest.approx(30.4)
-    probs = np.full(101, 1 / 101)
-    assert _quantile(probs, 0.5) == pytest.approx(50.0)
+    assert age_quantiles(probs, 0.1) == pytest.approx(29.6)
+    assert age_quantiles(probs, 0.9) == pytest.approx(30.4)
+    uniform = np.full(101, 1 / 101)
+    assert age_quantiles(uniform, 0.5) == pytest.approx(50.0)
+    # Batched: each row on its own; half the mass on 20 and half on 40 puts the median at the seam.
+    split = np.zeros(101)
+    split[[20, 40]] = 0.5
+    assert age_quantiles(np.stack([probs, uniform, split]), 0.5) == pytest.approx([30.0, 50.0, 20.5])
 
 
 def test_explain_maps_regions_back_to_the_image(tiny_checkpoint):

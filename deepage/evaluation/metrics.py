@@ -235,10 +235,15 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, class_names: S
     }
 
 
-def age_metrics(age_true: np.ndarray, age_pred: np.ndarray) -> dict:
-    """``{mae, cs5, cs_curve (CS@0..10), rmse, median_ae, bias}`` in years; ``bias`` = mean(pred - true)."""
+def age_metrics(age_true: np.ndarray, age_pred: np.ndarray, interval: np.ndarray | None = None) -> dict:
+    """``{mae, cs5, cs_curve (CS@0..10), rmse, median_ae, bias}`` in years; ``bias`` = mean(pred - true).
+
+    With ``interval`` ``(N, 2)`` (the reported low and high age) also ``interval_coverage``, the fraction
+    of true ages inside it (0.8 for a calibrated 10th-90th percentile interval), and ``interval_width``,
+    its mean width in years.
+    """
     err = np.asarray(age_pred, float) - np.asarray(age_true, float)
-    return {
+    out = {
         "mae": mae(age_true, age_pred),
         "cs5": cumulative_score(age_true, age_pred, 5),
         "cs_curve": cs_curve(age_true, age_pred, 10),
@@ -246,6 +251,12 @@ def age_metrics(age_true: np.ndarray, age_pred: np.ndarray) -> dict:
         "median_ae": float(np.median(np.abs(err))),
         "bias": float(np.mean(err)),
     }
+    if interval is not None:
+        low, high = np.asarray(interval, float).T
+        true = np.asarray(age_true, float)
+        out["interval_coverage"] = float(np.mean((true >= low) & (true <= high)))
+        out["interval_width"] = float(np.mean(high - low))
+    return out
 
 
 def prediction_metrics(preds: Predictions) -> dict:
@@ -256,7 +267,7 @@ def prediction_metrics(preds: Predictions) -> dict:
         y_true = np.asarray(scheme.classify(np.asarray(preds.age_true)))
         out[name] = classification_metrics(y_true, probs, scheme.names)
     if preds.age_pred is not None:
-        out["age"] = age_metrics(preds.age_true, preds.age_pred)
+        out["age"] = age_metrics(preds.age_true, preds.age_pred, preds.age_interval)
     return out
 
 
@@ -266,6 +277,7 @@ def _subset(preds: Predictions, mask: np.ndarray) -> Predictions:
         age_pred=None if preds.age_pred is None else np.asarray(preds.age_pred)[mask],
         class_probs={k: np.asarray(v)[mask] for k, v in preds.class_probs.items()},
         index=None if preds.index is None else np.asarray(preds.index)[mask],
+        age_interval=None if preds.age_interval is None else np.asarray(preds.age_interval)[mask],
     )
 
 

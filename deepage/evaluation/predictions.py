@@ -9,35 +9,42 @@ import numpy as np
 import torch
 
 from ..data.loader import Batch
-from ..models.heads import average_outputs
+from ..models.heads import INTERVAL_QUANTILES, HeadOutput, age_quantiles, average_outputs
 from ..models.registry import AgeModel
 
-__all__ = ["Predictions", "collect_predictions", "predict_tensor"]
+__all__ = ["Predictions", "collect_predictions", "predict_output", "predict_tensor"]
 
 
 @dataclass
 class Predictions:
     """``age_true``: ``(N,)`` years; ``age_pred``: ``(N,)`` years or ``None`` (classes heads);
-    ``class_probs``: scheme → ``(N, C)``; ``index``: ``(N,)`` positions in the evaluated split."""
+    ``class_probs``: scheme → ``(N, C)``; ``index``: ``(N,)`` positions in the evaluated split;
+    ``age_interval``: ``(N, 2)`` the reported interval (10th and 90th percentile of the age distribution)
+    or ``None`` when the head gives no distribution."""
 
     age_true: np.ndarray
     age_pred: np.ndarray | None
     class_probs: dict[str, np.ndarray] = field(default_factory=dict)
     index: np.ndarray | None = None
+    age_interval: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.age_true)
 
 
 @torch.no_grad()
-def predict_tensor(model: AgeModel, x: torch.Tensor, tta_flip: bool = False) -> tuple[torch.Tensor | None, dict]:
-    """``(B, 3, H, W)`` normalised input → ``(age (B,) or None, {scheme: (B, C) probs})``.
-
-    ``tta_flip`` averages the predictions for the image and its mirror image.
-    """
+def predict_output(model: AgeModel, x: torch.Tensor, tta_flip: bool = False) -> HeadOutput:
+    """``(B, 3, H, W)`` normalised input → the head's answer; ``tta_flip`` averages the predictions for the
+    image and its mirror image."""
     out = model.predict(model(x))
     if tta_flip:
         out = average_outputs(out, model.predict(model(torch.flip(x, dims=[3]))))
+    return out
+
+
+def predict_tensor(model: AgeModel, x: torch.Tensor, tta_flip: bool = False) -> tuple[torch.Tensor | None, dict]:
+    """``(B, 3, H, W)`` normalised input → ``(age (B,) or None, {scheme: (B, C) probs})``."""
+    out = predict_output(model, x, tta_flip)
     return out.age, out.class_probs
 
 
@@ -46,13 +53,17 @@ def collect_predictions(model: AgeModel, batches: Iterable[Batch], device: str |
                         tta_flip: bool = False, channels_last: bool = False) -> Predictions:
     """Predictions for every batch (the loader must not drop the last partial batch)."""
     model.eval()
-    ages_true, ages_pred, index = [], [], []
+    ages_true, ages_pred, index, intervals = [], [], [], []
     probs: dict[str, list] = {}
     for batch in batches:
         x = batch.x.to(device)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        age, class_probs = predict_tensor(model, x, tta_flip)
+        out = predict_output(model, x, tta_flip)
+        age, class_probs = out.age, out.class_probs
+        if out.age_probs is not None:
+            p = out.age_probs.float().cpu().numpy()
+            intervals.append(np.stack([age_quantiles(p, q) for q in INTERVAL_QUANTILES], axis=1))
         ages_true.append(batch.age.numpy())
         index.append(batch.index.numpy())
         if age is not None:
@@ -65,4 +76,5 @@ def collect_predictions(model: AgeModel, batches: Iterable[Batch], device: str |
         age_pred=cat(ages_pred) if ages_pred else None,
         class_probs={k: cat(v) for k, v in probs.items()},
         index=cat(index) if index else np.zeros(0, int),
+        age_interval=cat(intervals) if intervals else None,
     )

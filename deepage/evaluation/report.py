@@ -103,6 +103,10 @@ def write_report(metrics: dict, out_dir: str | Path, plots: Sequence[str | Path]
             f"bias (predicted - true) {fmt_num(a.get('bias'))} years.",
             "",
         ]
+        if a.get("interval_coverage") is not None:
+            lines += [f"The reported interval (10th-90th percentile of the age distribution, meant to hold the "
+                      f"true age 80 % of the time) held it for {fmt_pct(a['interval_coverage'])} of the faces; "
+                      f"mean width {fmt_num(a['interval_width'])} years.", ""]
         lines += _table(
             ["k (years)"] + [str(k) for k in range(len(a["cs_curve"]))],
             [["CS@k"] + [fmt_pct(v, 0) for v in a["cs_curve"]]],

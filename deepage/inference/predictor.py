@@ -25,7 +25,7 @@ from PIL import Image
 from ..checkpoint import load_checkpoint, model_from_checkpoint
 from ..imageio import ImageDecodeError, decode_image, to_rgb_uint8
 from ..labels import get_scheme
-from ..models.heads import HeadOutput, average_outputs, create_head
+from ..models.heads import INTERVAL_QUANTILES, HeadOutput, age_quantiles, average_outputs, create_head
 from ..models.registry import ModelSpec
 from ..preprocessing import Preprocessing, images_to_batch
 from .faces import FaceAligner
@@ -35,9 +35,6 @@ __all__ = ["Predictor", "ImagePrediction", "FacePrediction", "GroupPrediction", 
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "assets" / "default_model.pt"
 """The bundled model that :meth:`Predictor.default` loads."""
-
-INTERVAL_QUANTILES = (0.1, 0.9)
-"""The age interval: these quantiles of the model's age distribution (dex and coral heads)."""
 
 BACKENDS = ("torch", "onnx")
 BATCH_SIZE = 32
@@ -143,15 +140,6 @@ def _as_list(images) -> list:
 
 
 # ---- reading the model's answer -----------------------------------------------------------------------
-def _quantile(probs: np.ndarray, q: float) -> float:
-    """Quantile ``q`` of a distribution over ages 0..100 (age ``a`` spread evenly on ``[a-0.5, a+0.5]``)."""
-    cdf = np.cumsum(probs)
-    k = int(min(np.searchsorted(cdf, q * cdf[-1]), len(probs) - 1))
-    below = cdf[k - 1] if k > 0 else 0.0
-    frac = (q * cdf[-1] - below) / max(float(probs[k]), 1e-12)
-    return float(np.clip(k - 0.5 + frac, 0.0, len(probs) - 1))
-
-
 def _class_names(head: torch.nn.Module, scheme: str) -> tuple[str, ...]:
     own = getattr(head, "scheme", None)
     if own is not None and own.name == scheme:
@@ -314,7 +302,7 @@ class Predictor:
             age = float(out.age[i])
         if out.age_probs is not None:
             probs = out.age_probs[i].numpy().astype(np.float64)
-            low, high = (_quantile(probs, q) for q in INTERVAL_QUANTILES)
+            low, high = (float(age_quantiles(probs, q)) for q in INTERVAL_QUANTILES)
         groups = {}
         for scheme, p in out.class_probs.items():
             p = p[i].numpy().astype(np.float64)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -23,9 +24,11 @@ import torch.nn.functional as F
 from ..labels import AGE_BINS, MAX_AGE, LabelScheme, get_scheme, list_schemes
 
 __all__ = ["HeadOutput", "average_outputs", "ClassesHead", "DexHead", "CoralHead", "create_head", "HEADS",
-           "gaussian_age_targets"]
+           "gaussian_age_targets", "age_quantiles", "INTERVAL_QUANTILES"]
 
 HEADS = ("classes", "dex", "coral")
+INTERVAL_QUANTILES = (0.1, 0.9)
+"""The age interval reported with every estimate: these quantiles of the head's age distribution."""
 
 
 @dataclass
@@ -36,6 +39,24 @@ class HeadOutput:
     age: torch.Tensor | None
     class_probs: dict[str, torch.Tensor] = field(default_factory=dict)
     age_probs: torch.Tensor | None = None
+
+
+def age_quantiles(age_probs: np.ndarray, q: float) -> np.ndarray:
+    """Quantile ``q`` of distributions over ages 0..A-1: ``(N, A)`` → ``(N,)`` years (``(A,)`` → scalar array).
+
+    Age ``a`` is spread evenly over ``[a - 0.5, a + 0.5]``, so a distribution with all its mass on 30 has
+    its 10th percentile at 29.6 and its 90th at 30.4.
+    """
+    probs = np.asarray(age_probs, np.float64)
+    flat = probs.reshape(-1, probs.shape[-1])
+    cdf = np.cumsum(flat, axis=1)
+    target = q * cdf[:, -1]
+    k = np.minimum((cdf < target[:, None]).sum(axis=1), flat.shape[1] - 1)  # first age with cdf >= target
+    rows = np.arange(len(flat))
+    below = np.where(k > 0, cdf[rows, np.maximum(k - 1, 0)], 0.0)
+    frac = (target - below) / np.maximum(flat[rows, k], 1e-12)
+    out = np.clip(k - 0.5 + frac, 0.0, flat.shape[1] - 1)
+    return out.reshape(probs.shape[:-1])
 
 
 def average_outputs(a: HeadOutput, b: HeadOutput) -> HeadOutput:
