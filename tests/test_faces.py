@@ -51,6 +51,29 @@ def test_finds_exactly_her_face(astronaut, aligner):
     assert np.all((face.landmarks[:, 1] > y0) & (face.landmarks[:, 1] < y1))
 
 
+def test_a_lone_faint_face_is_kept_but_not_beside_a_clear_one(monkeypatch, astronaut):
+    """Boxes under ``min_score`` are dropped next to a clear face; alone, the best one above dlib's own
+    threshold is kept (faint real faces); below that threshold nothing is."""
+    aligner = FaceAligner()
+    calls = []
+
+    def fake(answers):
+        def raw(rgb):
+            calls.append(rgb.shape)
+            return answers.pop(0) if answers else []
+        return raw
+
+    clear, faint, fainter = ((10, 10, 90, 90), 1.2), ((200, 200, 260, 260), 0.1), ((300, 30, 360, 90), 0.05)
+    monkeypatch.setattr(aligner, "_raw_boxes", fake([[faint, clear]]))
+    assert aligner._boxes(astronaut) == [clear]
+    calls.clear()
+    monkeypatch.setattr(aligner, "_raw_boxes", fake([[fainter, faint], []]))
+    assert aligner._boxes(astronaut) == [faint]
+    assert len(calls) == 2  # the padded retry ran first, looking for a clear face
+    monkeypatch.setattr(aligner, "_raw_boxes", fake([[((0, 0, 50, 50), -0.1)], []]))
+    assert aligner._boxes(astronaut) == []
+
+
 def test_landmarks_land_on_the_utkface_template(astronaut, aligner):
     face = aligner.detect(astronaut)[0]
     on_chip = face.landmarks @ face.matrix[:, :2].T + face.matrix[:, 2]

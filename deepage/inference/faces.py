@@ -30,7 +30,7 @@ import numpy as np
 from ..imageio import ImageDecodeError
 
 __all__ = ["FaceAligner", "DetectedFace", "NoFaceError", "UTKFACE_PADDING", "FIVE_POINT_TEMPLATE",
-           "BOX_FRAMING", "landmark_model_path", "chip_matrix"]
+           "BOX_FRAMING", "WEAK_SCORE", "landmark_model_path", "chip_matrix"]
 
 UTKFACE_PADDING = 0.2
 """Padding of UTKFace's chips in dlib's convention (fitted on real chips: median 0.193; see module doc)."""
@@ -43,6 +43,9 @@ FIVE_POINT_TEMPLATE = np.array([
     (0.4901123135679, 0.6277975316475),  # base of the nose
 ])
 """dlib's mean positions of the 5 landmarks in the unit square (``get_face_chip_details``)."""
+
+WEAK_SCORE = 0.0
+"""dlib's own HOG threshold: the best box above it is kept when none reaches ``min_score``."""
 
 BOX_FRAMING = {"dlib": (1.29, 0.068, 0.068), "haar": (1.00, 0.002, 0.086)}
 """Box-based crop when no landmarks are available: ``(side, dx, dy)`` in units of the detector box's width:
@@ -234,7 +237,7 @@ class FaceAligner:
             upsample = 1 if max(small.shape[:2]) < 400 else 0
             # On the grey image: ~30 % faster than on RGB, same recall (99 % of 200 UTKFace faces).
             grey = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
-            rects, scores, _ = o["hog"].run(grey, upsample, self.min_score)
+            rects, scores, _ = o["hog"].run(grey, upsample, min(self.min_score, WEAK_SCORE))
             for r, s in zip(rects, scores, strict=True):
                 found.append(((r.left(), r.top(), r.right() + 1, r.bottom() + 1), float(s)))
         else:
@@ -247,16 +250,34 @@ class FaceAligner:
         return [(tuple(v / shrink for v in box), s) for box, s in found]
 
     def _boxes(self, rgb: np.ndarray) -> list[tuple[tuple[float, float, float, float], float]]:
-        found = self._raw_boxes(rgb)
+        """Boxes scoring at least ``min_score``; if there is none, the best one scoring at least dlib's own
+        threshold (:data:`WEAK_SCORE`), so that a lone, faint face is still found (on UTKFace's test chips
+        this lifts the share with a face from 96.9 % to 98.9 %) while a faint false box beside a clear face
+        is still dropped."""
         h, w = rgb.shape[:2]
-        if not found and max(h, w) <= 1024:
+        hog = self._build()["kind"] == "dlib"
+
+        def strong(found: list) -> list:
+            return [b for b in found if b[1] >= self.min_score] if hog else found  # Haar: no scores to trust
+
+        passes = [self._raw_boxes(rgb)]
+        if not strong(passes[0]) and max(h, w) <= 1024:
             # A face that fills the frame (a crop, a UTKFace chip) is missed by both detectors: retry with a
             # border around the photo.
             pad = max(h, w) // 4
             padded = cv2.copyMakeBorder(rgb, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=(0, 0, 0))
-            found = [((x0 - pad, y0 - pad, x1 - pad, y1 - pad), s)
-                     for (x0, y0, x1, y1), s in self._raw_boxes(padded)]
-        return found
+            passes.append([((x0 - pad, y0 - pad, x1 - pad, y1 - pad), s)
+                           for (x0, y0, x1, y1), s in self._raw_boxes(padded)])
+        for found in passes:
+            if strong(found):
+                return strong(found)
+        if not hog:
+            return []
+        for found in passes:
+            weak = [b for b in found if b[1] >= WEAK_SCORE]
+            if weak:
+                return [max(weak, key=lambda b: b[1])]
+        return []
 
     def detect(self, rgb: np.ndarray) -> list[DetectedFace]:
         """Every face in ``rgb`` (``(H, W, 3)`` uint8 **RGB**), largest first, each with its aligned chip.
