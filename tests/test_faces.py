@@ -58,8 +58,8 @@ def test_a_lone_faint_face_is_kept_but_not_beside_a_clear_one(monkeypatch, astro
     calls = []
 
     def fake(answers):
-        def raw(rgb):
-            calls.append(rgb.shape)
+        def raw(rgb, closer=False):
+            calls.append(closer)
             return answers.pop(0) if answers else []
         return raw
 
@@ -70,8 +70,19 @@ def test_a_lone_faint_face_is_kept_but_not_beside_a_clear_one(monkeypatch, astro
     monkeypatch.setattr(aligner, "_raw_boxes", fake([[fainter, faint], []]))
     assert aligner._boxes(astronaut) == [faint]
     assert len(calls) == 2  # the padded retry ran first, looking for a clear face
+    calls.clear()
     monkeypatch.setattr(aligner, "_raw_boxes", fake([[((0, 0, 50, 50), -0.1)], []]))
     assert aligner._boxes(astronaut) == []
+    assert calls == [False, False, True]  # nothing at all: a last, closer look (which found nothing either)
+
+
+def test_a_small_face_in_a_larger_photo_is_found_on_a_closer_look(astronaut, aligner):
+    small = cv2.resize(astronaut, None, fx=0.6, fy=0.6, interpolation=cv2.INTER_AREA)  # her face: ~53 px
+    photo = cv2.copyMakeBorder(small, 0, 0, 0, 600 - small.shape[1], cv2.BORDER_CONSTANT, value=(128, 128, 128))
+    assert max(photo.shape[:2]) >= 400 and aligner._raw_boxes(photo) == []  # too small for a first look
+    faces = aligner.detect(photo)
+    assert len(faces) == 1
+    assert _iou(faces[0].box, tuple(0.6 * v for v in FACE_BOX)) > 0.6
 
 
 def test_landmarks_land_on_the_utkface_template(astronaut, aligner):
