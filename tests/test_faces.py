@@ -67,13 +67,14 @@ def test_a_lone_faint_face_is_kept_but_not_beside_a_clear_one(monkeypatch, astro
     monkeypatch.setattr(aligner, "_raw_boxes", fake([[faint, clear]]))
     assert aligner._boxes(astronaut) == [clear]
     calls.clear()
-    monkeypatch.setattr(aligner, "_raw_boxes", fake([[fainter, faint], []]))
+    monkeypatch.setattr(aligner, "_raw_boxes", fake([[fainter, faint], [], []]))
     assert aligner._boxes(astronaut) == [faint]
-    assert len(calls) == 2  # the padded retry ran first, looking for a clear face
+    assert calls == [False, False, True]  # the padded and the closer look ran first, for a clear face
     calls.clear()
-    monkeypatch.setattr(aligner, "_raw_boxes", fake([[((0, 0, 50, 50), -0.1)], []]))
+    monkeypatch.setattr(aligner, "_raw_boxes", fake([[fainter], [], [clear]]))
+    assert aligner._boxes(astronaut) == [clear]  # the closer look's clear face beats a faint one
+    monkeypatch.setattr(aligner, "_raw_boxes", fake([[((0, 0, 50, 50), -0.1)], [], []]))
     assert aligner._boxes(astronaut) == []
-    assert calls == [False, False, True]  # nothing at all: a last, closer look (which found nothing either)
 
 
 def test_a_small_face_in_a_larger_photo_is_found_on_a_closer_look(astronaut, aligner):
