@@ -330,7 +330,9 @@ def test_web_page_in_headless_chromium(live, photo, tmp_path):
             console_errors: list[str] = []
             page.on("console", lambda msg: console_errors.append(msg.text) if msg.type == "error" else None)
             page.goto(f"{live.url}/")
-            page.wait_for_function("document.getElementById('model').textContent.includes('best.pt')")
+            # A locator waits in Playwright's own script world: a string predicate (wait_for_function) is eval'd
+            # in the page, which the page's Content-Security-Policy (script-src 'self') refuses once it polls.
+            page.locator("#model", has_text="best.pt").wait_for()
 
             page.set_input_files("#file", str(photo_path))
             page.wait_for_selector("body[data-state=done]", timeout=30_000)

@@ -30,6 +30,8 @@ __all__ = ["SPLIT_NAMES", "duplicate_groups", "assign_splits", "split_dataset", 
            "read_split", "copy_split"]
 
 SPLIT_NAMES = ("train", "val", "test")
+SPLIT_SETTINGS = ("split_seed", "split_fractions", "split_stratify", "split_near_threshold")
+"""HDF5 attributes, beside ``split_fingerprint``, recording how a split was made."""
 DEFAULT_NEAR_THRESHOLD = 4
 
 
@@ -142,21 +144,27 @@ def split_dataset(path: str | Path, test: float = 0.2, val: float = 0.1, seed: i
         sha1, phash, ages = f["sha1"][:], f["phash"][:], f["age"][:]
         groups = duplicate_groups(sha1, phash, near_threshold)
         split = assign_splits(np.asarray(scheme.classify(ages)), groups, (1 - test - val, val, test), seed)
-        for name, data in (("split", split), ("dup_group", groups)):
-            if name in f:
-                del f[name]
-            f.create_dataset(name, data=data)
-        sizes = np.bincount(groups)
-        info = SplitInfo(
-            counts={n: int((split == k).sum()) for k, n in enumerate(SPLIT_NAMES)},
-            fingerprint=fingerprint(sha1, split), seed=seed, fractions=(1 - test - val, val, test),
-            stratify=scheme.name, near_threshold=near_threshold, n_groups=int(len(sizes)),
-            n_images_in_dup_groups=int(sizes[sizes > 1].sum()),
-        )
-        f.attrs.update({"split_fingerprint": info.fingerprint, "split_seed": seed,
-                        "split_fractions": list(info.fractions), "split_stratify": info.stratify,
-                        "split_near_threshold": near_threshold})
-    return info
+        return _save_split(f, sha1, split, groups, {
+            "split_seed": seed, "split_fractions": [1 - test - val, val, test], "split_stratify": scheme.name,
+            "split_near_threshold": near_threshold})
+
+
+def _save_split(f: h5py.File, sha1: np.ndarray, split: np.ndarray, groups: np.ndarray, settings: dict) -> SplitInfo:
+    """Write ``split`` and ``dup_group`` (both ``(N,)``), the fingerprint and ``settings`` (``split_*``
+    attributes) into ``f``; return the summary."""
+    for name, data in (("split", split), ("dup_group", groups)):
+        if name in f:
+            del f[name]
+        f.create_dataset(name, data=data)
+    fp = fingerprint(sha1, split)
+    f.attrs.update({"split_fingerprint": fp, **settings})
+    sizes = np.bincount(groups)
+    return SplitInfo(
+        counts={n: int((split == k).sum()) for k, n in enumerate(SPLIT_NAMES)}, fingerprint=fp,
+        seed=int(settings["split_seed"]), fractions=tuple(float(x) for x in settings["split_fractions"]),
+        stratify=str(settings["split_stratify"]), near_threshold=int(settings["split_near_threshold"]),
+        n_groups=int((sizes > 0).sum()), n_images_in_dup_groups=int(sizes[sizes > 1].sum()),
+    )
 
 
 def copy_split(source: str | Path, target: str | Path) -> SplitInfo:
@@ -168,12 +176,11 @@ def copy_split(source: str | Path, target: str | Path) -> SplitInfo:
     the row order may differ; every image of ``target`` must be in ``source``.
     """
     with h5py.File(source, "r") as f:
-        src_split, src_fp = read_split(f)
+        src_split, _ = read_split(f)
         if src_split is None:
             raise ValueError(f"{source} has no saved split; run deepage split on it first")
         src_sha1, src_groups = f["sha1"][:], f["dup_group"][:]
-        settings = {k: f.attrs[k] for k in ("split_seed", "split_fractions", "split_stratify",
-                                            "split_near_threshold") if k in f.attrs}
+        settings = {k: f.attrs[k] for k in SPLIT_SETTINGS}
     row_of = {bytes(s): i for i, s in enumerate(src_sha1)}
     with h5py.File(target, "r+") as f:
         if not f.attrs.get("complete", False):
@@ -183,20 +190,7 @@ def copy_split(source: str | Path, target: str | Path) -> SplitInfo:
         if missing:
             raise ValueError(f"{len(missing)} images of {target} are not in {source}, e.g. {missing[0]!r}")
         rows = np.array([row_of[bytes(s)] for s in sha1], dtype=np.int64)
-        split, groups = src_split[rows], src_groups[rows]
-        for name, data in (("split", split), ("dup_group", groups)):
-            if name in f:
-                del f[name]
-            f.create_dataset(name, data=data)
-        fp = fingerprint(sha1, split)
-        f.attrs.update({"split_fingerprint": fp, **settings})
-    sizes = np.bincount(groups)
-    fractions = tuple(float(x) for x in settings.get("split_fractions", (0.0, 0.0, 0.0)))
-    return SplitInfo(counts={n: int((split == k).sum()) for k, n in enumerate(SPLIT_NAMES)}, fingerprint=fp,
-                     seed=int(settings.get("split_seed", -1)), fractions=fractions,  # type: ignore[arg-type]
-                     stratify=str(settings.get("split_stratify", "")),
-                     near_threshold=int(settings.get("split_near_threshold", -1)), n_groups=int((sizes > 0).sum()),
-                     n_images_in_dup_groups=int(sizes[sizes > 1].sum()))
+        return _save_split(f, sha1, src_split[rows], src_groups[rows], settings)
 
 
 def read_split(f: h5py.File) -> tuple[np.ndarray | None, str]:

@@ -12,7 +12,7 @@ from ..data.loader import Batch
 from ..models.heads import INTERVAL_QUANTILES, HeadOutput, age_quantiles, average_outputs
 from ..models.registry import AgeModel
 
-__all__ = ["Predictions", "collect_predictions", "predict_output", "predict_tensor"]
+__all__ = ["Predictions", "collect_predictions", "predict_output"]
 
 
 @dataclass
@@ -42,11 +42,6 @@ def predict_output(model: AgeModel, x: torch.Tensor, tta_flip: bool = False) -> 
     return out
 
 
-def predict_tensor(model: AgeModel, x: torch.Tensor, tta_flip: bool = False) -> tuple[torch.Tensor | None, dict]:
-    """``(B, 3, H, W)`` normalised input → ``(age (B,) or None, {scheme: (B, C) probs})``."""
-    out = predict_output(model, x, tta_flip)
-    return out.age, out.class_probs
-
 
 @torch.no_grad()
 def collect_predictions(model: AgeModel, batches: Iterable[Batch], device: str | torch.device = "cpu",
@@ -60,15 +55,14 @@ def collect_predictions(model: AgeModel, batches: Iterable[Batch], device: str |
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         out = predict_output(model, x, tta_flip)
-        age, class_probs = out.age, out.class_probs
         if out.age_probs is not None:
             p = out.age_probs.float().cpu().numpy()
             intervals.append(np.stack([age_quantiles(p, q) for q in INTERVAL_QUANTILES], axis=1))
         ages_true.append(batch.age.numpy())
         index.append(batch.index.numpy())
-        if age is not None:
-            ages_pred.append(age.float().cpu().numpy())
-        for k, v in class_probs.items():
+        if out.age is not None:
+            ages_pred.append(out.age.float().cpu().numpy())
+        for k, v in out.class_probs.items():
             probs.setdefault(k, []).append(v.float().cpu().numpy())
     cat = np.concatenate
     return Predictions(

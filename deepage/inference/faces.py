@@ -273,7 +273,7 @@ class FaceAligner:
             padded = cv2.copyMakeBorder(rgb, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=(0, 0, 0))
             passes.append([((x0 - pad, y0 - pad, x1 - pad, y1 - pad), s)
                            for (x0, y0, x1, y1), s in self._raw_boxes(padded)])
-        if not strong(passes[-1]) and hog and max(h, w) * min(1.0, self.max_side / max(h, w)) >= SMALL_PHOTO:
+        if not strong(passes[-1]) and hog and min(max(h, w), self.max_side) >= SMALL_PHOTO:
             passes.append(self._raw_boxes(rgb, closer=True))
         if strong(passes[-1]):
             return strong(passes[-1])
