@@ -255,7 +255,7 @@ def train(config: TrainConfig | None = None, resume: str | Path | None = None,
         best_score, bad_epochs, history = t["best_score"], t["bad_epochs"], t["history"]
         torch.set_rng_state(state["rng"])
 
-    use_amp = config.amp and device.type == "cuda"
+    use_amp = (config.amp and device.type == "cuda") or (config.cpu_bf16 and device.type == "cpu")
     eval_model = ema.module if ema is not None else model
 
     def payload(kind: str, metrics: dict | None = None) -> dict:
@@ -292,6 +292,7 @@ def train(config: TrainConfig | None = None, resume: str | Path | None = None,
             bar = tqdm(total=steps_per_epoch, initial=start_batch, desc=f"epoch {epoch + 1}/{config.epochs}",
                        dynamic_ncols=True, leave=False)
         loss_sum, loss_n = 0.0, 0
+        epoch_seconds_before = train_seconds
         tick = time.perf_counter()  # the budget counts data preparation too, not validation
         for batch in batches.iter_from(start_batch):
             x, ages = batch.x.to(device, non_blocking=True), batch.age.to(device, non_blocking=True)
@@ -335,7 +336,9 @@ def train(config: TrainConfig | None = None, resume: str | Path | None = None,
         row = {"epoch": epoch if epoch_done else epoch + start_batch / steps_per_epoch, "step": step,
                "train_loss": round(loss_sum / max(1, loss_n), 5), "lr": lr_at(config, step, steps_per_epoch,
                                                                              train_seconds),
-               "train_seconds": round(train_seconds, 1)}
+               "train_seconds": round(train_seconds, 1),
+               # throughput of this epoch's training steps: the number to check against a quiet machine's
+               "train_img_per_s": round(loss_n * world / max(1e-9, train_seconds - epoch_seconds_before), 1)}
         metrics: dict = {}
         if val_data is not None and len(val_data):
             val_batches = FaceBatches(val_data, pre, config.eval_batch_size, rank=rank, world_size=world)
@@ -358,7 +361,8 @@ def train(config: TrainConfig | None = None, resume: str | Path | None = None,
             save_checkpoint(run_dir / "last.pt", payload("last"))
             last_save = time.perf_counter()
             if config.progress:
-                shown = {k: v for k, v in row.items() if k.startswith(("val_age", "val_utk", "train_loss"))}
+                shown = {k: v for k, v in row.items()
+                         if k.startswith(("val_age", "val_utk", "train_loss", "train_img_per_s"))}
                 print(f"epoch {row['epoch']:.2f} step {step}: " + ", ".join(f"{k} {v}" for k, v in shown.items()),
                       flush=True)
         if not stopped_by and epoch >= config.epochs:
