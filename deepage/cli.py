@@ -45,6 +45,28 @@ def _cmd_split(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_duplicates(args: argparse.Namespace) -> int:
+    from .data.duplicates import duplicate_report, write_duplicates_csv
+
+    groups = duplicate_report(args.data)
+    shown = [g for g in groups if g.conflicting_age] if args.conflicts_only else groups
+    if args.csv:
+        n = write_duplicates_csv(shown, args.csv)
+        print(f"wrote {n} rows to {args.csv}")
+    if args.json:
+        print(json.dumps([g.to_dict() for g in shown], indent=1))
+    elif not args.csv:
+        for g in shown:
+            flag = f"CONFLICT (ages {min(g.ages)}-{max(g.ages)})" if g.conflicting_age else "same age"
+            print(f"group {g.group}: {len(g.rows)} images, {flag}, split {'/'.join(sorted(set(g.splits)))}")
+            for name, age, split in zip(g.filenames, g.ages, g.splits, strict=True):
+                print(f"  {age:>3}  {split:<5}  {name}")
+    n_conflict = sum(g.conflicting_age for g in groups)
+    print(f"{len(groups)} duplicate groups ({sum(len(g.rows) for g in groups)} images); {n_conflict} with "
+          f"conflicting ages ({sum(len(g.rows) for g in groups if g.conflicting_age)} images)", file=sys.stderr)
+    return 0
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     from .data.info import dataset_info, format_info
 
@@ -155,6 +177,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from", dest="copy_from", default=None, metavar="OTHER_H5",
                    help="copy the split saved in OTHER_H5 (the same images at another size) instead")
     p.set_defaults(func=_cmd_split)
+
+    p = sub.add_parser("duplicates", help="audit the duplicate groups of a split file (same photo, other labels)",
+                       description="List each group of images judged to be the same photograph, with their "
+                                   "labels and splits; flag groups whose ages conflict. "
+                                   "Example: deepage duplicates work/utk128.h5 --conflicts-only")
+    p.add_argument("data", help="an ingested and split HDF5 file")
+    p.add_argument("--conflicts-only", action="store_true", help="only groups whose ages differ (default: all)")
+    p.add_argument("--json", action="store_true", help="print the groups as JSON (default: a readable list)")
+    p.add_argument("--csv", default=None, help="write one row per member to this CSV file (default: none)")
+    p.set_defaults(func=_cmd_duplicates)
 
     p = sub.add_parser("info", help="summarise an ingested HDF5 file")
     p.add_argument("data")

@@ -201,7 +201,7 @@ def train(config: TrainConfig | None = None, resume: str | Path | None = None,
 
     if not config.data:
         raise ValueError("config: 'data' (an ingested HDF5 file) is required")
-    train_data = load_split(config.data, config.train_split)
+    train_data = load_split(config.data, config.train_split, drop_conflicting=config.drop_conflicting_duplicates)
     val_data = load_split(config.data, config.val_split) if config.val_split else None
     if device.type == "cuda" and train_data.images is not None:
         # Keep the uint8 split on the GPU: batches are gathered and augmented there (no host transfers).
