@@ -63,17 +63,6 @@ class IngestSummary:
     def n_skipped(self) -> int:
         return len(self.skipped)
 
-    def to_dict(self) -> dict:
-        return {
-            "output": str(self.output),
-            "n_entries": self.n_entries,
-            "n_images": self.n_images,
-            "n_skipped": self.n_skipped,
-            "skipped": [{"filename": n, "reason": r} for n, r in self.skipped],
-            "seconds": round(self.seconds, 2),
-            "resumed_from_entry": self.resumed_from,
-        }
-
 
 def process_entry(entry: Entry, size: int, align: Callable | None = None) -> tuple:
     """Decode, label and hash one entry (runs in a worker process).
