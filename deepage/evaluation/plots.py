@@ -15,7 +15,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
 import numpy as np  # noqa: E402
-from sklearn.metrics import roc_curve  # noqa: E402
+from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay, roc_curve  # noqa: E402
 
 from ..labels import get_scheme  # noqa: E402
 from .metrics import reliability_bins  # noqa: E402
@@ -52,23 +52,15 @@ def plot_confusion_matrix(
     norm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
     side = max(4.5, 0.55 * C + 2)
     fig, ax = plt.subplots(figsize=(side + 1, side))
-    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
+    # scikit-learn draws the matrix and its ticks; its one-number cell text cannot show "percent\ncount" and
+    # leave empty cells blank, so the cells are written here.
+    display = ConfusionMatrixDisplay(norm, display_labels=list(class_names))
+    display.plot(ax=ax, cmap="Blues", include_values=False, colorbar=False, im_kw={"vmin": 0, "vmax": 1})
+    fig.colorbar(display.im_, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
     small = 7 if C > 10 else 8
-    for i in range(C):
-        for j in range(C):
-            if cm[i, j] == 0:
-                continue
-            colour = "white" if norm[i, j] > 0.5 else "black"
-            ax.text(
-                j,
-                i,
-                f"{norm[i, j]:.0%}\n{int(cm[i, j])}",
-                ha="center",
-                va="center",
-                fontsize=small,
-                color=colour,
-            )
+    for i, j in zip(*np.nonzero(cm), strict=True):
+        ax.text(j, i, f"{norm[i, j]:.0%}\n{int(cm[i, j])}", ha="center", va="center", fontsize=small,
+                color="white" if norm[i, j] > 0.5 else "black")
     ax.set_xticks(range(C), class_names, rotation=45, ha="right")
     ax.set_yticks(range(C), [f"{n} ({int(r)})" for n, r in zip(class_names, rows[:, 0], strict=True)])
     ax.set_xlabel("predicted class")
@@ -106,9 +98,8 @@ def plot_roc_curves(
             continue
         fpr, tpr, _ = roc_curve(positive, probs[:, c])
         auc = aucs[c] if aucs is not None else None
-        ax.plot(
-            fpr, tpr, color=colour, lw=1.3, label=f"{name}" + (f" (AUC {auc:.3f})" if auc is not None else "")
-        )
+        curve = RocCurveDisplay(fpr=fpr, tpr=tpr, roc_auc=auc, name=name).plot(ax=ax)
+        curve.line_.set(color=colour, lw=1.3)
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.01)
     ax.set_xlabel("false positive rate")
