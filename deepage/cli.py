@@ -136,7 +136,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Every option's help ends with its default; descriptions and examples keep their line breaks."""
+    """Every option's help ends with its default (an off switch or a None default is left to the help text);
+    descriptions and examples keep their line breaks."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False or action.required:
+            return action.help
+        return super()._get_help_string(action)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -192,8 +198,10 @@ def _add(sub: argparse._SubParsersAction, name: str, summary: str, example: str,
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``deepage`` parser. Longer than 60 lines on purpose: a flat table, one block per command, each
+    argument with its help; splitting it would only scatter the table."""
     from . import __version__
-    from .data.sources import MAX_FILE_MB
+    from .data.sources import LABEL_FORMATS, MAX_FILE_MB  # plain Python: no numpy, no torch
 
     parser = _Parser(prog="deepage", description="Age estimation from face images: ingest, split, train, evaluate, "
                      "predict, serve.", epilog="`deepage COMMAND --help` describes each command, with an example.")
@@ -205,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source", help="folder, .tar(.gz) or .zip of images")
     p.add_argument("-o", "--output", required=True, help="HDF5 file to write (resumable: re-run after a kill)")
     p.add_argument("--size", type=int, default=128, help="square side of stored images, pixels")
-    p.add_argument("--format", default="utkface", choices=["utkface", "fgnet"],
+    p.add_argument("--format", default="utkface", choices=sorted(LABEL_FORMATS),
                    help="how labels are read from file names: utkface (age_gender_race_date.jpg) or fgnet "
                    "(001A02.JPG: subject 001, age 2; gender and race stored as -1, unknown)")
     p.add_argument("--labels", default=None, help="CSV with columns path,age[,gender,race], instead of names")

@@ -137,13 +137,8 @@ def plot_per_class_recall(
     return _save(fig, path)
 
 
-def plot_age_error(
-    age_true: np.ndarray,
-    age_pred: np.ndarray,
-    path: str | Path,
-    bin_width: int = 5,
-    title: str = "Age error against true age",
-) -> Path:
+def plot_age_error(age_true: np.ndarray, age_pred: np.ndarray, path: str | Path, bin_width: int = 5,
+                   title: str = "Age error against true age") -> Path:
     """Top: MAE per ``bin_width``-year bin of true age (with image counts). Bottom: signed error
     (predicted - true, years) of every image against its true age."""
     age_true = np.asarray(age_true, float)
@@ -178,14 +173,8 @@ def plot_age_error(
     return _save(fig, path)
 
 
-def plot_reliability(
-    y_true: np.ndarray,
-    probs: np.ndarray,
-    path: str | Path,
-    n_bins: int = 10,
-    ece: float | None = None,
-    title: str = "Reliability of the top class",
-) -> Path:
+def plot_reliability(y_true: np.ndarray, probs: np.ndarray, path: str | Path, n_bins: int = 10,
+                     ece: float | None = None, title: str = "Reliability of the top class") -> Path:
     """Accuracy against mean confidence of the top class per confidence bin, with the ECE, and a
     histogram of confidences below."""
     bins = reliability_bins(y_true, probs, n_bins)
@@ -272,51 +261,18 @@ def make_plots(preds: Predictions, metrics: dict, out_dir: str | Path) -> list[P
         names = m["class_names"]
         y_true = np.asarray(get_scheme(name).classify(np.asarray(preds.age_true)))
         label = f"{name} ({len(names)} classes, n={len(y_true)})"
-        written.append(
-            plot_confusion_matrix(
-                m["confusion_matrix"],
-                names,
-                out_dir / f"confusion_{name}.png",
-                title=f"Confusion matrix, {label}",
-            )
-        )
-        aucs = [m["per_class"][n]["auc"] for n in names]
         macro = f", macro AUC {m['macro_auc']:.3f}" if m["macro_auc"] is not None else ""
-        written.append(
-            plot_roc_curves(
-                y_true,
-                probs,
-                names,
-                out_dir / f"roc_{name}.png",
-                aucs=aucs,
-                title=f"ROC one vs rest, {label}{macro}",
-            )
-        )
-        written.append(
-            plot_per_class_recall(
-                m["per_class"],
-                names,
-                out_dir / f"recall_{name}.png",
-                accuracy=m["accuracy"],
-                title=f"Recall per class, {label}",
-            )
-        )
-        written.append(
-            plot_reliability(
-                y_true,
-                probs,
-                out_dir / f"reliability_{name}.png",
-                ece=m["ece"],
-                title=f"Reliability, {label}",
-            )
-        )
+        written += [
+            plot_confusion_matrix(m["confusion_matrix"], names, out_dir / f"confusion_{name}.png",
+                                  title=f"Confusion matrix, {label}"),
+            plot_roc_curves(y_true, probs, names, out_dir / f"roc_{name}.png",
+                            aucs=[m["per_class"][n]["auc"] for n in names], title=f"ROC one vs rest, {label}{macro}"),
+            plot_per_class_recall(m["per_class"], names, out_dir / f"recall_{name}.png", accuracy=m["accuracy"],
+                                  title=f"Recall per class, {label}"),
+            plot_reliability(y_true, probs, out_dir / f"reliability_{name}.png", ece=m["ece"],
+                             title=f"Reliability, {label}"),
+        ]
     if preds.age_pred is not None:
-        written.append(
-            plot_age_error(
-                preds.age_true,
-                preds.age_pred,
-                out_dir / "age_error.png",
-                title=f"Age error against true age (n={len(preds)})",
-            )
-        )
+        written.append(plot_age_error(preds.age_true, preds.age_pred, out_dir / "age_error.png",
+                                      title=f"Age error against true age (n={len(preds)})"))
     return written
