@@ -174,3 +174,17 @@ def test_fgnet_folder_ingests_and_evaluates(tmp_path, tiny_checkpoint, capsys):
     assert cli(["evaluate", str(tiny_checkpoint), "--data", str(out), "--out", str(tmp_path / "eval")]) == 0
     assert "(5 images)" in capsys.readouterr().out
     assert np.isfinite(json.loads((tmp_path / "eval" / "metrics.json").read_text())["age"]["mae"])
+
+
+def test_a_partial_file_from_before_the_new_settings_still_resumes(tmp_path):
+    """Progress records written before label_format and max_file_mb existed hold their default values."""
+    write_utk_folder(tmp_path / "UTKFace", n=4)
+    out = tmp_path / "o.h5"
+    with pytest.raises(KeyboardInterrupt):
+        ingest(tmp_path / "UTKFace", out, size=16, workers=1, block_size=2, progress=interrupted)
+    record = tmp_path / "o.h5.partial.progress.json"
+    state = json.loads(record.read_text())
+    for key in ("label_format", "max_file_mb"):
+        del state["settings"][key]
+    record.write_text(json.dumps(state))
+    assert ingest(tmp_path / "UTKFace", out, size=16, workers=1, block_size=2).resumed_from == 2
