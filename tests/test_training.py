@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -183,7 +184,7 @@ def test_a_last_pt_in_the_old_layout_resumes_mid_epoch(tiny_h5, tmp_path):
         torch.testing.assert_close(b["state_dict"][key], value, rtol=0, atol=0, msg=key)
 
 
-def test_train_one_epoch_and_validate_are_importable_steps(tiny_h5, tmp_path):
+def test_train_one_epoch_and_validate_are_importable_steps(tiny_h5, tmp_path, monkeypatch):
     from deepage.data.loader import FaceBatches, load_split
     from deepage.training import engine
 
@@ -197,7 +198,14 @@ def test_train_one_epoch_and_validate_are_importable_steps(tiny_h5, tmp_path):
     batches = FaceBatches(data, model.spec.preprocessing, 16, shuffle=True)
     row, stopped_by = engine.train_one_epoch(ctx, batches, state)
     assert stopped_by == "max_steps" and (state.step, state.batch_in_epoch, state.epoch) == (2, 2, 0)
-    assert row["step"] == 2 and row["train_loss"] > 0 and (tmp_path / "last.pt").exists() is False
+    assert row["step"] == 2 and row["train_loss"] > 0 and not (tmp_path / "last.pt").exists()
+    assert set(row) == {"epoch", "step", "train_loss", "lr", "train_seconds", "train_img_per_s"}
+    # Inside an epoch, last.pt is written every CHECKPOINT_MINUTES (here: after every step but the last,
+    # where the budget stops the epoch first).
+    monkeypatch.setattr(engine, "CHECKPOINT_MINUTES", 0.0)
+    ctx.config = dataclasses.replace(config, max_steps=4)
+    engine.train_one_epoch(ctx, batches, state)
+    assert load_checkpoint(tmp_path / "last.pt")["train_state"]["step"] == 3
     metrics = engine.validate(model, load_split(tiny_h5, "val"), config, torch.device("cpu"))
     assert metrics["n"] == len(load_split(tiny_h5, "val")) and metrics["age"]["mae"] > 0
 
