@@ -98,7 +98,9 @@ def plot_roc_curves(
             continue
         fpr, tpr, _ = roc_curve(positive, probs[:, c])
         auc = aucs[c] if aucs is not None else None
-        curve = RocCurveDisplay(fpr=fpr, tpr=tpr, roc_auc=auc, name=name).plot(ax=ax)
+        # The AUC goes into the name: the display's own label rounds it to two decimals.
+        label = f"{name}" + (f" (AUC {auc:.3f})" if auc is not None else "")
+        curve = RocCurveDisplay(fpr=fpr, tpr=tpr, name=label).plot(ax=ax)
         curve.line_.set(color=colour, lw=1.3)
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.01)
