@@ -1,8 +1,12 @@
 """The training engine: ``train(config)`` and ``train(resume=RUN_DIR)``.
 
 A run folder holds ``config.yaml`` (resolved), ``metrics.csv`` / ``history.json`` (one row per epoch),
-``last.pt`` (everything needed to resume: weights, EMA, optimizer, step, RNG) and ``best.pt`` (weights and
-validation metrics of the best epoch), both written atomically, and ``summary.json``.
+``last.pt`` (everything needed to resume: weights, EMA, optimizer, RNG and the :class:`TrainState`) and
+``best.pt`` (weights and validation metrics of the best epoch), both written atomically, and ``summary.json``.
+
+The steps are importable, as in torchvision's reference scripts: :func:`build_model`, :func:`make_optimizer`,
+:func:`train_one_epoch` (on a :class:`TrainContext` and a :class:`TrainState`) and :func:`validate`;
+:func:`train` strings them together with the budgets, early stopping and checkpoints.
 
 Resuming is exact: the data order and each batch's augmentation depend only on (seed, epoch, batch),
 and the RNG state is restored, so a run killed and resumed ends with the weights an uninterrupted run
@@ -66,7 +70,8 @@ def _device(config: TrainConfig, local_rank: int) -> torch.device:
 
 
 def _class_weights(ages: np.ndarray, scheme: str) -> list[float]:
-    """Inverse class frequencies of ``ages`` ``(N,)`` under ``scheme``, normalised to mean 1 over classes."""
+    """Inverse class frequencies of ``ages`` ``(N,)`` under ``scheme``: ``N / (C * count_c)`` per class
+    (1 for every class of a balanced set)."""
     from ..labels import get_scheme
 
     s = get_scheme(scheme)
