@@ -188,3 +188,16 @@ def test_a_partial_file_from_before_the_new_settings_still_resumes(tmp_path):
         del state["settings"][key]
     record.write_text(json.dumps(state))
     assert ingest(tmp_path / "UTKFace", out, size=16, workers=1, block_size=2).resumed_from == 2
+
+
+def test_an_empty_partial_file_left_by_an_older_version_does_not_block(tmp_path):
+    """Older versions left OUT.partial behind a run that failed at once (a mistyped source): zero files
+    recorded, nothing to resume, so the corrected command starts over instead of refusing."""
+    write_utk_folder(tmp_path / "UTKFace", n=4)
+    out = tmp_path / "o.h5"
+    (tmp_path / "o.h5.partial").write_bytes(b"")
+    (tmp_path / "o.h5.partial.progress.json").write_text(json.dumps(
+        {"settings": {"source": str(tmp_path / "UTKFcae"), "source_bytes": -1, "size": 16, "labels_csv": "",
+                      "align": False}, "n_entries": 0, "n_images": 0, "n_skipped": 0}))
+    summary = ingest(tmp_path / "UTKFace", out, size=16, workers=1)
+    assert summary.n_images == 4 and summary.resumed_from == 0 and not (tmp_path / "o.h5.partial").exists()

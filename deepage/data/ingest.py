@@ -280,8 +280,10 @@ def _settings_differ(partial: _Partial, recorded: dict, settings: dict, n_entrie
 def _open_partial(partial: _Partial, output: Path, size: int, settings: dict,
                   overwrite: bool) -> tuple[h5py.File, IngestSummary]:
     """Resume ``OUT.partial`` when its recorded settings are this run's, else start a new one."""
-    if partial.path.exists() and partial.progress.exists() and not overwrite:
-        state = json.loads(partial.progress.read_text())
+    state = json.loads(partial.progress.read_text()) if partial.progress.exists() else {}
+    # A record of zero files (left by versions that kept the partial file of a run that failed at once)
+    # holds nothing to resume: start over whatever its settings.
+    if partial.path.exists() and state.get("n_entries") and not overwrite:
         if {**_DEFAULT_SETTINGS, **state["settings"]} != settings:
             raise _settings_differ(partial, state["settings"], settings, state["n_entries"])
         f = None
