@@ -1,11 +1,13 @@
-"""Trainer overhead: ``deepage.training.train`` img/s divided by a bare PyTorch loop, in one run.
+"""Trainer overhead on the real recipes: ``deepage.training.train`` img/s divided by a bare PyTorch loop.
 
-    python bench/train.py [--model mobilenet_v2] [--size 112] [--batch 64] [--steps 20]
+    python bench/train.py [--models mobilenet_v2,efficientnet_lite0] [--config configs/backbone_study.yaml]
+                          [--size 112] [--batch 64] [--steps 20] [--threads 2]
 
-Both train the same model (same input size, batch, optimizer, channels-last, threads) on the same
-in-memory images (512 random 128 px images written to a temporary HDF5 file). The bare loop feeds
-pre-normalised tensors: forward, loss, backward, step, nothing else. The trainer adds everything it
-does for real (batched augmentation, LR schedule, EMA, progress, budget checks). Goal: ratio >= 0.9.
+For each model, both train the same network (the recipe of ``--config``: pretrained weights, DEX head,
+input size, batch, optimizer, channels-last, threads) on the same in-memory images (512 random 128 px
+images written to a temporary HDF5 file), one after the other in one run. The bare loop feeds
+pre-normalised tensors: forward, loss, backward, step, nothing else. The trainer adds everything it does
+for real (batched augmentation, LR schedule, EMA, progress, budget checks). Goal: ratio >= 0.9.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import h5py
 import numpy as np
 import torch
 
-from deepage.config import TrainConfig
+from deepage.config import TrainConfig, apply_overrides, load_config
 from deepage.data.loader import FaceBatches, load_split
 from deepage.training.engine import build_model, make_optimizer, train
 
@@ -55,7 +57,8 @@ def bare_loop(config: TrainConfig, steps: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="mobilenet_v2")
+    parser.add_argument("--models", default="mobilenet_v2,efficientnet_lite0", help="comma-separated model names")
+    parser.add_argument("--config", default="configs/backbone_study.yaml", help="the recipe (data is replaced)")
     parser.add_argument("--size", type=int, default=112)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--steps", type=int, default=20)
@@ -65,17 +68,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "bench.h5"
         make_data(data)
-        config = TrainConfig(data=str(data), val_split="", model=args.model, input_size=args.size,
-                             batch_size=args.batch, epochs=1000, max_steps=args.steps, ema_decay=0.998,
-                             out_dir=tmp, name="bench", progress=False, num_threads=args.threads)
-        bare_loop(config, 3)  # warm-up (allocator, kernels), not timed
-        bare = bare_loop(config, args.steps)
-        result = train(config)
-        trainer = result.train_images_per_second
-    print(f"bare PyTorch loop: {bare:.1f} img/s ({args.model}, {args.size} px, batch {args.batch}, "
-          f"{args.threads} threads)")
-    print(f"deepage trainer:   {trainer:.1f} img/s (augmentation, EMA, schedule, budget checks)")
-    print(f"ratio trainer / bare: {trainer / bare:.2f} (goal >= 0.9)")
+        recipe = load_config(args.config) if args.config else TrainConfig()
+        for model in args.models.split(","):
+            config = apply_overrides(recipe, [
+                f"data={data}", "val_split=", f"model={model}", f"input_size={args.size}",
+                f"batch_size={args.batch}", "epochs=1000", f"max_steps={args.steps}", "max_minutes=null",
+                f"out_dir={tmp}", f"name=bench-{model}", "progress=false", f"num_threads={args.threads}"])
+            bare_loop(config, 3)  # warm-up (allocator, kernels), not timed
+            bare = bare_loop(config, args.steps)
+            trainer = train(config).train_images_per_second
+            print(f"{model}: bare PyTorch loop {bare:.1f} img/s, deepage trainer {trainer:.1f} img/s "
+                  f"({args.size} px, batch {args.batch}, {args.threads} threads, augment={config.augment}, "
+                  f"ema={config.ema_decay}); ratio trainer / bare: {trainer / bare:.2f} (goal >= 0.9)")
 
 
 if __name__ == "__main__":

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import ast
 import dataclasses
 import json
 import os
 import sys
+import textwrap
 from collections.abc import Callable
-from pathlib import Path
 
 __all__ = ["main", "build_parser"]
 
@@ -51,6 +50,28 @@ def _cmd_split(args: argparse.Namespace) -> int:
     if args.export_csv:
         n = export_csv(args.data, args.export_csv)
         print(f"wrote {n} rows to {args.export_csv}")
+    return 0
+
+
+def _cmd_duplicates(args: argparse.Namespace) -> int:
+    from .data.duplicates import duplicate_report, write_duplicates_csv
+
+    groups = duplicate_report(args.data)
+    shown = [g for g in groups if g.conflicting_age] if args.conflicts_only else groups
+    if args.csv:
+        n = write_duplicates_csv(shown, args.csv)
+        print(f"wrote {n} rows to {args.csv}")
+    if args.json:
+        print(json.dumps([g.to_dict() for g in shown], indent=1))
+    elif not args.csv:
+        for g in shown:
+            flag = f"CONFLICT (ages {min(g.ages)}-{max(g.ages)})" if g.conflicting_age else "same age"
+            print(f"group {g.group}: {len(g.rows)} images, {flag}, split {'/'.join(sorted(set(g.splits)))}")
+            for name, age, split in zip(g.filenames, g.ages, g.splits, strict=True):
+                print(f"  {age:>3}  {split:<5}  {name}")
+    n_conflict = sum(g.conflicting_age for g in groups)
+    print(f"{len(groups)} duplicate groups ({sum(len(g.rows) for g in groups)} images); {n_conflict} with "
+          f"conflicting ages ({sum(len(g.rows) for g in groups if g.conflicting_age)} images)", file=sys.stderr)
     return 0
 
 
@@ -161,20 +182,9 @@ class _Parser(argparse.ArgumentParser):
         return super().format_help()
 
 
-def _model_names() -> list[str]:
-    """Registered model names, read from the ``@register_model("name", ...)`` lines of deepage/models
-    without importing torch (a test checks the list against :func:`deepage.models.list_models`)."""
-    names = []
-    for path in sorted((Path(__file__).parent / "models").glob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if (isinstance(node, ast.Call) and getattr(node.func, "id", None) == "register_model" and node.args
-                    and isinstance(node.args[0], ast.Constant)):
-                names.append(node.args[0].value)
-    return sorted(names)
-
-
 def _train_epilog() -> str:
     from .config import TrainConfig  # yaml only; torch is imported when a config is built
+    from .models.registry import list_models  # torch and every family: only `train --help` pays (~2 s)
 
     keys = [f"{f.name}={f.default if f.default is not dataclasses.MISSING else '{}'}"
             for f in dataclasses.fields(TrainConfig)]
@@ -186,7 +196,8 @@ def _train_epilog() -> str:
         line += " " + key
     lines.append(line)
     return ("\n\nconfig keys (key=default; set them in the YAML file or as key=value arguments):\n"
-            + "\n".join(lines) + "\n\nmodels: " + ", ".join(_model_names())
+            + "\n".join(lines) + "\n\nmodels:\n" + textwrap.fill(", ".join(list_models()), 100, initial_indent="  ",
+                                                                  subsequent_indent="  ")
             + "\nheads: classes (needs scheme), dex, coral; see `deepage models` and docs/MODELS.md")
 
 
@@ -236,6 +247,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--export-csv", default=None, help="also write filename,split for every image to this CSV")
     p.add_argument("--from", dest="copy_from", default=None, metavar="OTHER_H5",
                    help="copy the split saved in OTHER_H5 (the same images at another size) instead")
+
+    p = _add(sub, "duplicates", "audit the duplicate groups of a split file (same photo, other labels): each "
+             "group with its labels and splits, groups whose ages conflict flagged",
+             "deepage duplicates work/utk128.h5 --conflicts-only", _cmd_duplicates)
+    p.add_argument("data", help="an ingested and split HDF5 file")
+    p.add_argument("--conflicts-only", action="store_true", help="only groups whose ages differ (default: all)")
+    p.add_argument("--json", action="store_true", help="print the groups as JSON (default: a readable list)")
+    p.add_argument("--csv", default=None, help="write one row per member to this CSV file (default: none)")
 
     p = _add(sub, "info", "summarise an ingested HDF5 file (counts, classes, split, skipped files)",
              "deepage info work/utk128.h5 --json", _cmd_info)

@@ -28,6 +28,7 @@ class TrainConfig:
     data: str = ""
     train_split: str = "train"
     val_split: str = "val"
+    drop_conflicting_duplicates: bool = False  # train without duplicate groups whose copies carry different ages
     # model (see deepage.models.create_model)
     model: str = "mobilenet_v2"
     head: str = "dex"  # classes | dex | coral (deepage.models.heads.HEADS)

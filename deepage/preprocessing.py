@@ -25,11 +25,17 @@ import torch.nn.functional as F
 
 from .imageio import square_resize, to_rgb_uint8
 
-__all__ = ["Preprocessing", "Augmentation", "TRAIN_AUGMENTATION", "IMAGENET_MEAN", "IMAGENET_STD", "prepare_batch",
+__all__ = ["Preprocessing", "Augmentation", "TRAIN_AUGMENTATION", "IMAGENET_MEAN", "IMAGENET_STD", "NORMALIZATIONS",
+           "prepare_batch",
            "images_to_batch"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+NORMALIZATIONS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]] | None] = {
+    "imagenet": (IMAGENET_MEAN, IMAGENET_STD),  # torchvision / timm PyTorch-trained weights
+    "inception": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),  # TensorFlow-trained weights (EfficientNet-Lite): [-1, 1]
+    "unit": None,  # /255 only: the study's from-scratch networks
+}
 
 
 @dataclass(frozen=True)
@@ -38,7 +44,8 @@ class Preprocessing:
 
     ``stored_size``: side the image is square-resized to first (the ingest ``--size``; prediction resizes
     face crops the same way). ``input_size``: side the model sees. ``crop_pct``: fraction of the side kept
-    by the central crop at evaluation. ``normalization``: ``"imagenet"`` (mean/std) or ``"unit"`` (/255).
+    by the central crop at evaluation. ``normalization``: a key of :data:`NORMALIZATIONS`: ``"imagenet"``
+    (ImageNet mean/std), ``"inception"`` (to [-1, 1]) or ``"unit"`` (/255).
     """
 
     input_size: int = 112
@@ -47,8 +54,8 @@ class Preprocessing:
     normalization: str = "imagenet"
 
     def __post_init__(self) -> None:
-        if self.normalization not in ("imagenet", "unit"):
-            raise ValueError(f"normalization must be 'imagenet' or 'unit', got {self.normalization!r}")
+        if self.normalization not in NORMALIZATIONS:
+            raise ValueError(f"normalization must be one of {sorted(NORMALIZATIONS)}, got {self.normalization!r}")
         if not 0.3 <= self.crop_pct <= 1.0:
             raise ValueError(f"crop_pct must lie in [0.3, 1], got {self.crop_pct}")
         if self.input_size < 8:
@@ -128,8 +135,9 @@ def _colour_coefficients(images: torch.Tensor, pre: Preprocessing, aug: Augmenta
     a = (bri * con * sat / 255.0).view(b, 1).expand(b, 3)
     g = (bri * con * (1 - sat) / 255.0).view(b, 1).expand(b, 3)
     c = (bri * (1 - con) * mean_grey / 255.0).view(b, 1).expand(b, 3)
-    if pre.normalization == "imagenet":
-        mean, std = torch.tensor(IMAGENET_MEAN, device=device), torch.tensor(IMAGENET_STD, device=device)
+    stats = NORMALIZATIONS[pre.normalization]
+    if stats is not None:
+        mean, std = torch.tensor(stats[0], device=device), torch.tensor(stats[1], device=device)
         a, g, c = a / std, g / std, (c - mean) / std
     shape = (b, 3, 1, 1)
     return a.reshape(shape), g.reshape(shape), c.reshape(shape)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..preprocessing import Augmentation, Preprocessing, prepare_batch
+from .duplicates import conflicting_rows
 from .split import SPLIT_NAMES, read_split
 
 __all__ = ["FaceData", "Batch", "FaceBatches", "load_split"]
@@ -50,10 +51,12 @@ class FaceData:
         return torch.from_numpy(out)
 
 
-def load_split(path: str | Path, split: str = "train", max_memory_gb: float = 8.0) -> FaceData:
+def load_split(path: str | Path, split: str = "train", max_memory_gb: float = 8.0,
+               drop_conflicting: bool = False) -> FaceData:
     """Load one split (``train``, ``val``, ``test`` or ``all``) of an ingested file.
 
-    A file without a saved split can only be loaded as ``all``.
+    A file without a saved split can only be loaded as ``all``. ``drop_conflicting``: leave out every image
+    of a duplicate group whose members carry different ages (see ``deepage duplicates``).
     """
     path = Path(path)
     with h5py.File(path, "r") as f:
@@ -69,6 +72,10 @@ def load_split(path: str | Path, split: str = "train", max_memory_gb: float = 8.
             rows = np.flatnonzero(assignment == SPLIT_NAMES.index(split))
         else:
             raise ValueError(f"unknown split {split!r}; choose train, val, test or all")
+        if drop_conflicting:
+            if "dup_group" not in f:
+                raise ValueError(f"{path}: drop_conflicting needs the duplicate groups of `deepage split`")
+            rows = rows[~conflicting_rows(f["dup_group"][:], f["age"][:])[rows]]
         size = int(f.attrs["size"])
         in_memory = len(rows) * size * size * 3 <= max_memory_gb * 2**30
         images = None

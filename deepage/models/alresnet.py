@@ -46,7 +46,9 @@ What follows the paper, what follows the authors' released code, and what is cho
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -178,17 +180,22 @@ class ALResNet(nn.Module):
     ``resnet18``, ``resnet34``...). ``local``: ``"cnn"`` (:class:`LocalCNN`) or a timm model name.
     """
 
-    def __init__(self, trunk: str = "resnetv2_50", input_size: int = 224, steps: int = 3, hidden: int = 256,
-                 region_size: int | None = None, local: str = "cnn", out_features: int = 512,
-                 min_scale: float = 0.25, max_scale: float = 0.6, pretrained: bool = False) -> None:
+    def __init__(self, trunk: str | nn.Module = "resnetv2_50", input_size: int = 224, steps: int = 3,
+                 hidden: int = 256, region_size: int | None = None, local: str | nn.Module = "cnn",
+                 out_features: int = 512, min_scale: float = 0.25, max_scale: float = 0.6,
+                 pretrained: bool = False) -> None:
         super().__init__()
-        self.trunk = timm_backbone(trunk, pretrained).module
+        # A module trunk (a registered backbone such as MobileNetV2Features) brings its own weights; it
+        # must have ``forward_features(x) -> (B, C, h, w)`` and ``num_features``, like timm's models.
+        self.trunk = timm_backbone(trunk, pretrained).module if isinstance(trunk, str) else trunk
         channels = self.trunk.num_features
         self.attention = AttentionLSTM(channels, hidden=hidden, attn_dim=hidden, steps=steps,
                                        min_scale=min_scale, max_scale=max_scale)
         self.region_size = region_size or min(112, max(32, input_size // 2))
-        if local == "cnn":
-            self.local_net: nn.Module = LocalCNN()
+        if isinstance(local, nn.Module):
+            self.local_net, local_features = local, local.num_features
+        elif local == "cnn":
+            self.local_net = LocalCNN()
             local_features = self.local_net.num_features
         else:
             backbone = timm_backbone(local, pretrained)
@@ -236,3 +243,42 @@ def alresnet18(input_size: int, pretrained: bool = False, trunk: str = "resnet18
     """AL-ResNet with a ResNet-18 trunk."""
     module = ALResNet(trunk=trunk, input_size=input_size, pretrained=pretrained, **kwargs)
     return Backbone(module, module.num_features)
+
+
+# AL models on the project's pretrained backbones (offline ImageNet weights): the study's question — does
+# the attention-LSTM local branch beat the same trunk alone? — asked where transfer works. The local
+# network is a second copy of the same pretrained family (``local="same"``, default), or the small
+# from-scratch LocalCNN (``local="cnn"``).
+def _pretrained_trunk(family: str, pretrained: bool) -> nn.Module:
+    from .efficientnet import efficientnet_lite_features
+    from .mobilenet import mobilenet_v2_features
+
+    if family == "mobilenet_v2":
+        return mobilenet_v2_features(pretrained)
+    return efficientnet_lite_features(int(family.removeprefix("efficientnet_lite")), pretrained)
+
+
+def _offline_weights_of(family: str) -> Callable[[], Path | None]:
+    from .efficientnet import offline_lite_weights
+    from .mobilenet import offline_imagenet_weights
+
+    if family == "mobilenet_v2":
+        return offline_imagenet_weights
+    return lambda: offline_lite_weights(int(family.removeprefix("efficientnet_lite")))
+
+
+def _register_al(family: str, default_size: int) -> None:
+    @register_model(f"al_{family}", default_input_size=default_size, offline_weights=_offline_weights_of(family),
+                    normalization="inception" if family.startswith("efficientnet") else "imagenet",
+                    min_input_size=64,
+                    description=f"AL model on a pretrained {family} trunk + attention LSTM, 3 regions, "
+                                f"{family} local net (own)")
+    def builder(input_size: int, pretrained: bool = False, local: str = "same", **kwargs) -> Backbone:
+        local_net = _pretrained_trunk(family, pretrained) if local == "same" else local
+        module = ALResNet(trunk=_pretrained_trunk(family, pretrained), input_size=input_size, local=local_net,
+                          pretrained=pretrained, **kwargs)
+        return Backbone(module, module.num_features)
+
+
+for _family, _size in (("mobilenet_v2", 112), ("efficientnet_lite0", 112), ("efficientnet_lite2", 260)):
+    _register_al(_family, _size)

@@ -28,11 +28,12 @@ def count_parameters(name: str, head: str = "dex", input_size: int | None = None
 
 def model_table() -> list[dict]:
     """One row per registered model: ``name``, ``parameters`` (with a dex head, at the default input
-    size), ``default_input_size``, ``normalization``, ``description``."""
+    size), ``default_input_size``, ``normalization``, ``pretrained_offline`` (ImageNet weights installed
+    locally), ``description``."""
     rows = []
     for name in list_models():
         info = model_info(name)
         rows.append({"name": name, "parameters": count_parameters(name),
                      "default_input_size": info["default_input_size"], "normalization": info["normalization"],
-                     "description": info["description"]})
+                     "pretrained_offline": info["pretrained_offline"], "description": info["description"]})
     return rows

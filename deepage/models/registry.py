@@ -41,20 +41,25 @@ class _Entry:
     normalization: str
     description: str
     min_input_size: int
+    offline_weights: Callable[[], Path | None] | None  # where pretrained=True finds its weights without network
 
 
 _REGISTRY: dict[str, _Entry] = {}
 
 
 def register_model(name: str, *, default_input_size: int, normalization: str = "imagenet",
-                   description: str = "", min_input_size: int = 32) -> Callable:
-    """Decorator: register ``builder(input_size, pretrained, **kwargs) -> Backbone`` under ``name``."""
+                   description: str = "", min_input_size: int = 32,
+                   offline_weights: Callable[[], Path | None] | None = None) -> Callable:
+    """Decorator: register ``builder(input_size, pretrained, **kwargs) -> Backbone`` under ``name``.
+
+    ``offline_weights``: returns the local file ``pretrained=True`` loads (``None`` when its package is not
+    installed); ``deepage models`` reports it as ``pretrained_offline``."""
 
     def wrap(builder: Callable[..., Backbone]) -> Callable[..., Backbone]:
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is already registered")
         _REGISTRY[name] = _Entry(builder, default_input_size, normalization, description or (builder.__doc__ or "")
-                                 .strip().split("\n")[0], min_input_size)
+                                 .strip().split("\n")[0], min_input_size, offline_weights)
         return builder
 
     return wrap
@@ -71,8 +76,9 @@ def model_info(name: str) -> dict:
     """Default input size, normalisation and one-line description of a registered model."""
     list_models()
     entry = _entry(name)
+    offline = entry.offline_weights() if entry.offline_weights is not None else None
     return {"name": name, "default_input_size": entry.default_input_size, "normalization": entry.normalization,
-            "description": entry.description}
+            "description": entry.description, "pretrained_offline": offline is not None}
 
 
 def _entry(name: str) -> _Entry:

