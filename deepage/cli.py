@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import os
 import sys
+import textwrap
+from collections.abc import Callable
 
-__all__ = ["main"]
+__all__ = ["main", "build_parser"]
 
 
 def _cmd_ingest(args: argparse.Namespace) -> int:
@@ -16,7 +20,8 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
 
     bar = tqdm(desc="ingest", unit="img", disable=not sys.stderr.isatty())
     summary = ingest(args.source, args.output, size=args.size, workers=args.workers, labels_csv=args.labels,
-                     align=args.align, overwrite=args.overwrite, progress=lambda n: bar.update(n - bar.n))
+                     align=args.align, overwrite=args.overwrite, progress=lambda n: bar.update(n - bar.n),
+                     label_format=args.format, max_file_mb=args.max_file_mb)
     bar.close()
     if summary.already_done:
         print(f"{summary.output} is already a finished ingest (use --overwrite to rebuild)")
@@ -26,6 +31,9 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
           f"skipped {summary.n_skipped}" + (f" ({summary.seconds:.1f} s)" if summary.seconds else ""))
     for name, reason in summary.skipped:
         print(f"  skipped {name}: {reason}")
+    if summary.duplicate_names:
+        print(f"{len(summary.duplicate_names)} file(s) skipped because their name was already ingested "
+              "(the source holds the same name twice; the first was kept)")
     return 0
 
 
@@ -148,111 +156,205 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo()
 
 
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Every option's help ends with its default (an off switch or a None default is left to the help text);
+    descriptions and examples keep their line breaks."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False or action.required:
+            return action.help
+        return super()._get_help_string(action)
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose epilog may be computed when help is shown (``train --help`` lists the config
+    keys and model names; nothing else pays for that)."""
+
+    def __init__(self, *args, lazy_epilog: Callable[[], str] | None = None, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
+        self.lazy_epilog = lazy_epilog
+
+    def format_help(self) -> str:
+        if self.lazy_epilog is not None:
+            self.epilog = (self.epilog or "") + self.lazy_epilog()
+            self.lazy_epilog = None
+        return super().format_help()
+
+
+def _train_epilog() -> str:
+    from .config import TrainConfig  # yaml only; torch is imported when a config is built
+    from .models.registry import list_models  # torch and every family: only `train --help` pays (~2 s)
+
+    keys = [f"{f.name}={f.default if f.default is not dataclasses.MISSING else '{}'}"
+            for f in dataclasses.fields(TrainConfig)]
+    lines, line = [], " "
+    for key in keys:
+        if len(line) + len(key) > 100:
+            lines.append(line)
+            line = " "
+        line += " " + key
+    lines.append(line)
+    return ("\n\nconfig keys (key=default; set them in the YAML file or as key=value arguments):\n"
+            + "\n".join(lines) + "\n\nmodels:\n" + textwrap.fill(", ".join(list_models()), 100, initial_indent="  ",
+                                                                  subsequent_indent="  ")
+            + "\nheads: classes (needs scheme), dex, coral; see `deepage models` and docs/MODELS.md")
+
+
+def _add(sub: argparse._SubParsersAction, name: str, summary: str, example: str, func: Callable,
+         **kwargs) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, help=summary, description=summary + ".", epilog="example:\n  " + example, **kwargs)
+    p.set_defaults(func=func)
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The ``deepage`` parser. Longer than 60 lines on purpose: a flat table, one block per command, each
+    argument with its help; splitting it would only scatter the table."""
     from . import __version__
+    from .data.sources import LABEL_FORMATS, MAX_FILE_MB  # plain Python: no numpy, no torch
 
-    parser = argparse.ArgumentParser(prog="deepage", description="Age estimation from face images.")
+    parser = _Parser(prog="deepage", description="Age estimation from face images: ingest, split, train, evaluate, "
+                     "predict, serve.", epilog="`deepage COMMAND --help` describes each command, with an example.")
     parser.add_argument("--version", action="version", version=f"deepage {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
-    p = sub.add_parser("ingest", help="read a UTKFace folder/archive (or any labelled face folder) into HDF5")
-    p.add_argument("source", help="folder, .tar(.gz) or .zip")
-    p.add_argument("-o", "--output", required=True, help="HDF5 file to write")
-    p.add_argument("--size", type=int, default=128, help="square side of stored images (default 128)")
-    p.add_argument("--workers", type=int, default=None, help="decoding processes (default: all cores)")
-    p.add_argument("--labels", default=None, help="CSV with columns path,age[,gender,race] (other datasets)")
+    p = _add(sub, "ingest", "read a UTKFace/FG-NET folder or archive (or any labelled face folder) into one HDF5 file",
+             "deepage ingest ../shared/data/UTKFace.tar.gz -o work/utk128.h5 --size 128", _cmd_ingest)
+    p.add_argument("source", help="folder, .tar(.gz) or .zip of images")
+    p.add_argument("-o", "--output", required=True, help="HDF5 file to write (resumable: re-run after a kill)")
+    p.add_argument("--size", type=int, default=128, help="square side of stored images, pixels")
+    p.add_argument("--format", default="utkface", choices=sorted(LABEL_FORMATS),
+                   help="how labels are read from file names: utkface (age_gender_race_date.jpg) or fgnet "
+                   "(001A02.JPG: subject 001, age 2; gender and race stored as -1, unknown)")
+    p.add_argument("--labels", default=None, help="CSV with columns path,age[,gender,race], instead of names")
+    p.add_argument("--workers", type=int, default=None, help="decoding processes (None: all cores)")
     p.add_argument("--align", action="store_true", help="detect and align the face in each image first")
-    p.add_argument("--overwrite", action="store_true", help="rebuild even if OUTPUT exists")
-    p.set_defaults(func=_cmd_ingest)
+    p.add_argument("--max-file-mb", type=float, default=MAX_FILE_MB,
+                   help="files larger than this (declared size) are skipped unread")
+    p.add_argument("--overwrite", action="store_true", help="rebuild even if OUTPUT or OUTPUT.partial exists")
 
-    p = sub.add_parser("split", help="save a stratified, duplicate-aware train/val/test split")
-    p.add_argument("data")
-    p.add_argument("--test", type=float, default=0.2)
-    p.add_argument("--val", type=float, default=0.1)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--stratify", default="utk14", help="label scheme to stratify by (default utk14)")
+    p = _add(sub, "split", "save a stratified, duplicate-aware train/val/test split in the HDF5 file",
+             "deepage split work/utk128.h5 --test 0.2 --val 0.1 --seed 0 --export-csv work/splits.csv",
+             _cmd_split)
+    p.add_argument("data", help="ingested HDF5 file")
+    p.add_argument("--test", type=float, default=0.2, help="fraction of images for the test split")
+    p.add_argument("--val", type=float, default=0.1, help="fraction of images for the validation split")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the split")
+    p.add_argument("--stratify", default="utk14", help="label scheme to stratify by")
     p.add_argument("--near-threshold", type=int, default=4,
-                   help="perceptual-hash bits within which images count as near duplicates (default 4)")
-    p.add_argument("--export-csv", default=None, help="write filename,split for every image")
+                   help="perceptual-hash bits within which images count as near duplicates")
+    p.add_argument("--export-csv", default=None, help="also write filename,split for every image to this CSV")
     p.add_argument("--from", dest="copy_from", default=None, metavar="OTHER_H5",
                    help="copy the split saved in OTHER_H5 (the same images at another size) instead")
-    p.set_defaults(func=_cmd_split)
 
-    p = sub.add_parser("duplicates", help="audit the duplicate groups of a split file (same photo, other labels)",
-                       description="List each group of images judged to be the same photograph, with their "
-                                   "labels and splits; flag groups whose ages conflict. "
-                                   "Example: deepage duplicates work/utk128.h5 --conflicts-only")
+    p = _add(sub, "duplicates", "audit the duplicate groups of a split file (same photo, other labels): each "
+             "group with its labels and splits, groups whose ages conflict flagged",
+             "deepage duplicates work/utk128.h5 --conflicts-only", _cmd_duplicates)
     p.add_argument("data", help="an ingested and split HDF5 file")
     p.add_argument("--conflicts-only", action="store_true", help="only groups whose ages differ (default: all)")
     p.add_argument("--json", action="store_true", help="print the groups as JSON (default: a readable list)")
     p.add_argument("--csv", default=None, help="write one row per member to this CSV file (default: none)")
-    p.set_defaults(func=_cmd_duplicates)
 
-    p = sub.add_parser("info", help="summarise an ingested HDF5 file")
-    p.add_argument("data")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=_cmd_info)
+    p = _add(sub, "info", "summarise an ingested HDF5 file (counts, classes, split, skipped files)",
+             "deepage info work/utk128.h5 --json", _cmd_info)
+    p.add_argument("data", help="ingested HDF5 file")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
-    p = sub.add_parser("models", help="list the model zoo")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=_cmd_models)
+    p = _add(sub, "models", "list the model zoo (name, parameters, input size, normalisation)",
+             "deepage models --json", _cmd_models)
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
-    p = sub.add_parser("train", help="train a model from a YAML config (key=value overrides follow)")
-    p.add_argument("--config", default=None, help="YAML config (see configs/)")
-    p.add_argument("--resume", default=None, help="run folder to resume")
-    p.add_argument("overrides", nargs="*", help="key=value overrides")
-    p.set_defaults(func=_cmd_train)
+    p = _add(sub, "train", "train a model from a YAML config, key=value overrides following",
+             "deepage train --config configs/mobilenet_v2_dex.yaml max_minutes=30 model=resnet18",
+             _cmd_train, lazy_epilog=_train_epilog)
+    p.add_argument("--config", default=None, help="YAML config (see configs/); None: the code defaults")
+    p.add_argument("--resume", default=None, metavar="RUN_DIR", help="run folder to resume (its last.pt)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (keys below)")
 
-    p = sub.add_parser("evaluate", help="evaluate a checkpoint on a split")
-    p.add_argument("checkpoint")
-    p.add_argument("--data", required=True)
-    p.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
-    p.add_argument("--out", default=None, help="output folder (default: beside the checkpoint)")
-    p.add_argument("--batch-size", type=int, default=128)
+    p = _add(sub, "evaluate", "evaluate a checkpoint on a split: metrics.json, predictions.csv, plots, report.md",
+             "deepage evaluate runs/mobilenet_v2_dex/best.pt --data work/utk128.h5 --split test", _cmd_evaluate)
+    p.add_argument("checkpoint", help="a deepage checkpoint (.pt)")
+    p.add_argument("--data", required=True, help="ingested HDF5 file (with a saved split, else all is used)")
+    p.add_argument("--split", default="test", choices=["train", "val", "test", "all"], help="which images")
+    p.add_argument("--out", default=None, help="output folder (None: eval-SPLIT beside the checkpoint)")
+    p.add_argument("--batch-size", type=int, default=128, help="images per forward pass")
     p.add_argument("--tta", action="store_true", help="average with the mirrored image")
-    p.set_defaults(func=_cmd_evaluate)
 
-    p = sub.add_parser("compare", help="leaderboard over run folders")
-    p.add_argument("runs", nargs="+")
-    p.add_argument("--out", default="leaderboard", help="output folder (markdown, CSV, bar chart)")
-    p.set_defaults(func=_cmd_compare)
+    p = _add(sub, "compare", "leaderboard over run folders (markdown, CSV and a bar chart)",
+             "deepage compare runs/* --out leaderboard", _cmd_compare)
+    p.add_argument("runs", nargs="+", help="run folders (each with best.pt or eval-*/metrics.json)")
+    p.add_argument("--out", default="leaderboard", help="output folder")
 
-    p = sub.add_parser("predict", help="estimate ages in photos (files or folders)")
-    p.add_argument("paths", nargs="+")
-    p.add_argument("--model", default=None, help="checkpoint or .onnx (default: the bundled model)")
-    p.add_argument("--format", default="table", choices=["table", "json", "csv"])
+    p = _add(sub, "predict", "estimate ages in photos (files or folders): faces found, aligned, aged",
+             "deepage predict photo.jpg holiday/ --format json --annotate out/", _cmd_predict)
+    p.add_argument("paths", nargs="+", help="image files or folders")
+    p.add_argument("--model", default=None, help="checkpoint or .onnx (None: the bundled model)")
+    p.add_argument("--format", default="table", choices=["table", "json", "csv"], help="output format")
     p.add_argument("--annotate", default=None, help="folder for copies with boxes and ages drawn")
     p.add_argument("--no-detect", action="store_true", help="images are already face crops")
     p.add_argument("--explain", action="store_true", help="AL-ResNet: draw the attended regions")
-    p.add_argument("--backend", default="torch", choices=["torch", "onnx"])
+    p.add_argument("--backend", default="torch", choices=["torch", "onnx"], help="inference engine")
     p.add_argument("--tta", action="store_true", help="also read the mirror image and average (2x slower)")
-    p.set_defaults(func=_cmd_predict)
 
-    p = sub.add_parser("export", help="export a checkpoint to ONNX")
-    p.add_argument("checkpoint")
-    p.add_argument("-o", "--output", required=True)
-    p.set_defaults(func=_cmd_export)
+    p = _add(sub, "export", "export a checkpoint to ONNX (dynamic batch axis; needs the 'onnx' extra)",
+             "deepage export deepage/assets/default_model.pt -o model.onnx", _cmd_export)
+    p.add_argument("checkpoint", help="a deepage checkpoint (.pt)")
+    p.add_argument("-o", "--output", required=True, help="the .onnx file to write")
 
-    p = sub.add_parser("serve", help="HTTP service with a web page")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--model", default=None, help="checkpoint (default: the bundled model)")
+    p = _add(sub, "serve", "HTTP service with a web page and POST /predict (needs the 'serve' extra)",
+             "deepage serve --port 8000", _cmd_serve)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port")
+    p.add_argument("--model", default=None, help="checkpoint (None: the bundled model)")
     p.add_argument("--max-concurrency", type=int, default=64, help="requests admitted at once; more get 503")
     p.add_argument("--workers", type=int, default=1, help="inference threads")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds before a request gets 504")
     p.add_argument("--max-upload-mb", type=float, default=10.0, help="larger uploads get 413")
-    p.set_defaults(func=_cmd_serve)
 
-    p = sub.add_parser("demo", help="find the face in a bundled photo and print its age")
-    p.set_defaults(func=_cmd_demo)
+    _add(sub, "demo", "find the face in a bundled photo and print its age", "deepage demo", _cmd_demo)
     return parser
 
 
+_EXTRAS = {"fastapi": "serve", "starlette": "serve", "uvicorn": "serve", "multipart": "serve",
+           "python_multipart": "serve", "onnx": "onnx", "onnxruntime": "onnx", "onnxscript": "onnx"}
+"""Top-level module → the extra of pyproject.toml that installs it."""
+
+
+def _missing_module(exc: ImportError) -> tuple[str, int]:
+    """One line for an ImportError: the extra to install when the module belongs to one."""
+    module = (getattr(exc, "name", None) or "").split(".")[0]
+    if module in _EXTRAS:
+        extra = _EXTRAS[module]
+        return f"this needs the '{extra}' extra ({module} is not installed): pip install 'deepage[{extra}]'", 1
+    return f"{_one_line(exc)} (a dependency is missing or broken: pip install --force-reinstall deepage)", 1
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; the library's errors reach the user as one line on stderr (exit status 2 for bad
+    input, 1 for a missing extra or a failure at run time). ``DEEPAGE_TRACEBACK=1`` shows the traceback."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (FileNotFoundError, FileExistsError, ValueError) as exc:
-        print(f"deepage {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    except Exception as exc:
+        if os.environ.get("DEEPAGE_TRACEBACK") == "1":
+            raise
+        if isinstance(exc, ImportError):
+            message, status = _missing_module(exc)
+        elif isinstance(exc, (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError,
+                              ValueError)):
+            message, status = _one_line(exc), 2
+        elif isinstance(exc, (RuntimeError, OSError)):
+            message, status = _one_line(exc), 1
+        else:
+            raise  # a bug, not a user's mistake: keep the traceback
+        print(f"deepage {args.command}: error: {message}", file=sys.stderr)
+        return status
+    except KeyboardInterrupt:
+        print(f"deepage {args.command}: interrupted", file=sys.stderr)
+        return 130

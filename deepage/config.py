@@ -31,7 +31,7 @@ class TrainConfig:
     drop_conflicting_duplicates: bool = False  # train without duplicate groups whose copies carry different ages
     # model (see deepage.models.create_model)
     model: str = "mobilenet_v2"
-    head: str = "dex"
+    head: str = "dex"  # classes | dex | coral (deepage.models.heads.HEADS)
     scheme: str | None = None  # label scheme of a `classes` head: utk14, utk8 or "0,13,20,..."
     input_size: int | None = None  # None: the model's native size
     crop_pct: float = 0.9
@@ -40,7 +40,7 @@ class TrainConfig:
     weights: str | None = None  # local backbone weights file
     init_from: str | None = None  # a deepage checkpoint (same model and head) whose weights start this run
     model_kwargs: dict = field(default_factory=dict)
-    head_kwargs: dict = field(default_factory=dict)
+    head_kwargs: dict = field(default_factory=dict)  # the head's options, e.g. {sigma: 2.0} (head_options(head))
     # optimisation
     epochs: int = 30
     batch_size: int = 64
@@ -77,13 +77,30 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        # Model and head names come from their registries (imported here, not at module level, so that
+        # reading a config costs nothing until one is built); an unknown name fails now, not at the first step.
+        from .models.heads import HEADS, head_options
+        from .models.registry import list_models
+
         choices = {"optimizer": ("adamw", "adam", "sgd"), "schedule": ("cosine", "step", "constant"),
-                   "head": ("classes", "dex", "coral"), "device": ("auto", "cpu", "cuda")}
+                   "head": HEADS, "device": ("auto", "cpu", "cuda"), "model": tuple(list_models())}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"config field {key!r}: {getattr(self, key)!r} is not one of {allowed}")
         if self.head == "classes" and not self.scheme:
             raise ValueError("config: head 'classes' needs scheme (utk14, utk8 or custom edges)")
+        if self.head != "classes":
+            for key in ("scheme", "label_smoothing", "class_weights"):
+                if getattr(self, key):
+                    raise ValueError(f"config field {key!r} applies to head 'classes' only (head is {self.head!r}; "
+                                     "age heads answer every scheme)")
+        unknown = sorted(set(self.head_kwargs) - set(head_options(self.head)))
+        if unknown:
+            raise ValueError(f"config field 'head_kwargs': head {self.head!r} has no option(s) {unknown}; "
+                             f"valid: {sorted(head_options(self.head))}")
+        for key in ("label_smoothing", "class_weights"):
+            if key in self.head_kwargs:
+                raise ValueError(f"config field 'head_kwargs': set {key!r} as its own config field")
         if self.batch_size < 1 or self.epochs < 1:
             raise ValueError("config: batch_size and epochs must be positive")
 

@@ -188,7 +188,10 @@ def test_resume_with_other_settings_is_refused(tmp_path):
     child.start()
     time.sleep(0.05)
     deadline = time.time() + 20
-    while not (tmp_path / "o.h5.partial.progress.json").exists() and time.time() < deadline:
+    progress_file = tmp_path / "o.h5.partial.progress.json"
+    # a partial file that recorded no block holds nothing to resume (and is started over): wait for one
+    while time.time() < deadline and not (progress_file.exists()
+                                          and json.loads(progress_file.read_text())["n_entries"]):
         time.sleep(0.01)
     os.kill(child.pid, signal.SIGKILL)
     child.join()

@@ -173,6 +173,25 @@ def test_unknown_model_lists_the_choices():
         create_model("vgg16")
 
 
+def test_misspelt_head_option_is_an_error_naming_the_valid_ones():
+    with pytest.raises(ValueError, match=r"head 'dex': unknown option\(s\) \['sigmaa'\]; valid: "
+                                         r"\['dropout', 'l1_weight', 'sigma'\]"):
+        create_model("cnn", input_size=64, head_kwargs={"sigmaa": 9})
+    with pytest.raises(ValueError, match=r"head 'classes': unknown option\(s\) \['smoothing'\]"):
+        create_model("cnn", head="classes", num_classes=8, input_size=64, head_kwargs={"smoothing": 0.1})
+    model = create_model("cnn", input_size=64, head_kwargs={"sigma": 3.0})
+    assert model.head.sigma == 3.0
+
+
+def test_num_classes_with_an_age_head_is_refused():
+    """create_model('cnn', num_classes=14) used to return a 101-way DEX model without a word."""
+    with pytest.raises(ValueError, match="num_classes/scheme apply to head='classes' only.*14-way"):
+        create_model("cnn", num_classes=14)
+    with pytest.raises(ValueError, match="apply to head='classes' only"):
+        create_model("cnn", head="coral", scheme="utk8")
+    assert create_model("cnn", head="classes", num_classes=14).head.out_features == 14
+
+
 def test_too_small_input_is_refused():
     with pytest.raises(ValueError, match="needs input_size >= 64"):
         create_model("alexnet", input_size=32)

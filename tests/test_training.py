@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -46,6 +47,21 @@ def test_config_layers_and_errors(tmp_path):
         TrainConfig(head="classes")
 
 
+def test_config_names_come_from_the_registries():
+    with pytest.raises(ValueError, match=r"config field 'model': 'nope' is not one of .*'mobilenet_v2'"):
+        TrainConfig(model="nope")
+    with pytest.raises(ValueError, match=r"config field 'head': 'dexx' is not one of \('classes', 'dex', 'coral'\)"):
+        TrainConfig(head="dexx")
+    with pytest.raises(ValueError, match=r"no option\(s\) \['sigmaa'\]; valid: \['dropout', 'l1_weight', 'sigma'\]"):
+        TrainConfig(head_kwargs={"sigmaa": 9})
+    with pytest.raises(ValueError, match="'scheme' applies to head 'classes' only"):
+        TrainConfig(head="dex", scheme="utk14")
+    with pytest.raises(ValueError, match="'label_smoothing' applies to head 'classes' only"):
+        TrainConfig(head="coral", label_smoothing=0.1)
+    with pytest.raises(ValueError, match="set 'class_weights' as its own config field"):
+        TrainConfig(head="classes", scheme="utk8", head_kwargs={"class_weights": [1.0] * 8})
+
+
 def test_lr_schedule_warmup_and_cosine():
     config = TrainConfig(lr=1.0, epochs=10, warmup_epochs=1)
     assert lr_at(config, 0, 10, 0) == pytest.approx(0.1)
@@ -76,6 +92,13 @@ def test_train_writes_a_self_describing_run(tiny_h5, tmp_path):
     assert best["spec"]["preprocessing"]["input_size"] == 32 and best["spec"]["preprocessing"]["stored_size"] == 32
     assert len(best["split_fingerprint"]) == 16 and "utk8" in best["metrics"]
     assert {"deepage", "torch", "timm"} <= set(best["versions"])
+    # label smoothing and class weights are part of the head's spec, not patched onto the built model
+    head_kwargs = best["spec"]["head_kwargs"]
+    assert head_kwargs["label_smoothing"] == 0.1 and len(head_kwargs["class_weights"]) == 8
+    assert max(head_kwargs["class_weights"]) > 1 > min(head_kwargs["class_weights"])  # rare classes weigh more
+    rebuilt = model_from_checkpoint(run / "best.pt").head
+    assert rebuilt.label_smoothing == 0.1
+    assert rebuilt.class_weights.tolist() == pytest.approx(head_kwargs["class_weights"])
     history = json.loads((run / "history.json").read_text())
     assert [round(h["epoch"]) for h in history] == [1, 2]
     model = model_from_checkpoint(run / "best.pt")
@@ -132,6 +155,59 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tiny_h5, tmp_path):
         torch.testing.assert_close(b["state_dict"][key], value, rtol=0, atol=0, msg=key)
     assert [h["train_loss"] for h in b["train_state"]["history"]] == \
         [h["train_loss"] for h in a["train_state"]["history"]]
+
+
+# The keys of last.pt as the engine wrote them before TrainState existed (runs in progress must resume).
+OLD_LAST_KEYS = {"format", "versions", "spec", "state_dict", "split_fingerprint", "metrics", "config", "optimizer",
+                 "ema_state", "rng", "train_state"}
+OLD_TRAIN_STATE_KEYS = {"epoch", "step", "batch_in_epoch", "train_seconds", "images_seen", "best_score",
+                        "bad_epochs", "history"}
+
+
+def test_a_last_pt_in_the_old_layout_resumes_mid_epoch(tiny_h5, tmp_path):
+    """A run cut after 2 steps (mid-epoch), its last.pt reduced to the old layout and resumed, ends with the
+    weights of an uninterrupted run. A constant schedule keeps max_steps out of the learning rate."""
+    reference = train(_config(tiny_h5, tmp_path / "a", schedule="constant", epochs=2))
+    cut = train(_config(tiny_h5, tmp_path / "b", schedule="constant", epochs=2, max_steps=2))
+    assert cut.stopped_by == "max_steps"
+    last = cut.run_dir / "last.pt"
+    ckpt = load_checkpoint(last)
+    assert set(ckpt) == OLD_LAST_KEYS and set(ckpt["train_state"]) == OLD_TRAIN_STATE_KEYS
+    assert ckpt["train_state"]["batch_in_epoch"] == 2 and ckpt["train_state"]["epoch"] == 0
+    old = {k: ckpt[k] for k in OLD_LAST_KEYS}
+    old["train_state"] = {k: ckpt["train_state"][k] for k in OLD_TRAIN_STATE_KEYS}
+    torch.save(old, last)  # exactly the old layout, nothing this version adds
+    resumed = train(resume=cut.run_dir, overrides=("max_steps=null",))
+    assert resumed.stopped_by == "epochs" and resumed.steps == reference.steps
+    a, b = load_checkpoint(reference.run_dir / "last.pt"), load_checkpoint(last)
+    for key, value in a["state_dict"].items():
+        torch.testing.assert_close(b["state_dict"][key], value, rtol=0, atol=0, msg=key)
+
+
+def test_train_one_epoch_and_validate_are_importable_steps(tiny_h5, tmp_path, monkeypatch):
+    from deepage.data.loader import FaceBatches, load_split
+    from deepage.training import engine
+
+    config = _config(tiny_h5, tmp_path, ema_decay=0.0, max_steps=2, augment=False)
+    data = load_split(tiny_h5, "train")
+    model = engine.build_model(config, data.stored_size)
+    ctx = engine.TrainContext(config=config, model=model, train_model=model, ema=None, device=torch.device("cpu"),
+                              optimizer=engine.make_optimizer(config, model), run_dir=tmp_path,
+                              split_fingerprint=data.fingerprint)
+    state = engine.TrainState()
+    batches = FaceBatches(data, model.spec.preprocessing, 16, shuffle=True)
+    row, stopped_by = engine.train_one_epoch(ctx, batches, state)
+    assert stopped_by == "max_steps" and (state.step, state.batch_in_epoch, state.epoch) == (2, 2, 0)
+    assert row["step"] == 2 and row["train_loss"] > 0 and not (tmp_path / "last.pt").exists()
+    assert set(row) == {"epoch", "step", "train_loss", "lr", "train_seconds", "train_img_per_s"}
+    # Inside an epoch, last.pt is written every CHECKPOINT_MINUTES (here: after every step but the last,
+    # where the budget stops the epoch first).
+    monkeypatch.setattr(engine, "CHECKPOINT_MINUTES", 0.0)
+    ctx.config = dataclasses.replace(config, max_steps=4)
+    engine.train_one_epoch(ctx, batches, state)
+    assert load_checkpoint(tmp_path / "last.pt")["train_state"]["step"] == 3
+    metrics = engine.validate(model, load_split(tiny_h5, "val"), config, torch.device("cpu"))
+    assert metrics["n"] == len(load_split(tiny_h5, "val")) and metrics["age"]["mae"] > 0
 
 
 def test_resume_needs_a_run(tmp_path):

@@ -15,8 +15,16 @@ Layout of the output (``N`` images of ``S x S`` pixels)::
 Resumable: rows go to ``OUT.partial`` in blocks; after each block the file is flushed and a small
 progress file (``OUT.partial.progress.json``) is replaced atomically. A re-run of the same command
 truncates the partial file to the last recorded block and goes on from the next source entry, so the
-result holds exactly the rows an uninterrupted run would. Only a finished file is renamed to ``OUT``.
+result holds exactly the rows an uninterrupted run would. Only a finished file is renamed to ``OUT``;
+a run that fails before its first block is written (a mistyped source, a bad labels CSV) leaves nothing.
+
+Refused files are listed under ``skipped`` with the reason: undecodable, unlabelled, over the per-file
+size cap (judged from the declared size, before reading), or a second file under a name already ingested
+(archives can hold the same name twice; the first one is kept, and the reason says whether the bytes,
+compared by SHA-1, are the same).
 """
+
+
 
 from __future__ import annotations
 
@@ -37,14 +45,26 @@ import numpy as np
 
 from .. import __version__
 from ..imageio import RESIZE_METHOD, ImageDecodeError, content_hash, decode_image, perceptual_hash, square_resize
-from .sources import Entry, LabelParseError, iter_entries, parse_utkface_name
+from .sources import (
+    LABEL_FORMATS,
+    MAX_FILE_MB,
+    Entry,
+    LabelParseError,
+    check_source,
+    iter_entries,
+    parse_name,
+    read_labels_csv,
+)
 
-__all__ = ["ingest", "IngestSummary", "process_entry", "BLOCK_SIZE"]
+__all__ = ["ingest", "IngestSummary", "process_entry", "read_summary", "BLOCK_SIZE"]
 
 BLOCK_SIZE = 512
 """Entries per written block: the most an interrupted run can lose."""
 
 _STR = h5py.string_dtype("utf-8")
+_COLUMNS = ("images", "age", "gender", "race", "sha1", "phash", "filename")
+_DEFAULT_SETTINGS = {"label_format": "utkface", "max_file_mb": MAX_FILE_MB}
+"""Settings added after the first release: a partial file written without them used these values."""
 
 
 @dataclass
@@ -63,26 +83,22 @@ class IngestSummary:
     def n_skipped(self) -> int:
         return len(self.skipped)
 
-    def to_dict(self) -> dict:
-        return {
-            "output": str(self.output),
-            "n_entries": self.n_entries,
-            "n_images": self.n_images,
-            "n_skipped": self.n_skipped,
-            "skipped": [{"filename": n, "reason": r} for n, r in self.skipped],
-            "seconds": round(self.seconds, 2),
-            "resumed_from_entry": self.resumed_from,
-        }
+    @property
+    def duplicate_names(self) -> list[str]:
+        """Names that stood more than once in the source (each later copy was skipped)."""
+        return [name for name, reason in self.skipped if reason.startswith(_DUPLICATE)]
 
 
-def process_entry(entry: Entry, size: int, align: Callable | None = None) -> tuple:
+def process_entry(entry: Entry, size: int, align: Callable | None = None, label_format: str = "utkface") -> tuple:
     """Decode, label and hash one entry (runs in a worker process).
 
     Returns ``("ok", name, image (S, S, 3) uint8 RGB, age, gender, race, sha1, phash)`` or
     ``("skip", name, reason)``; never raises for a bad file.
     """
+    if entry.skip_reason:
+        return ("skip", entry.name, entry.skip_reason)
     try:
-        labels = entry.labels if entry.labels is not None else parse_utkface_name(entry.name)
+        labels = entry.labels if entry.labels is not None else parse_name(entry.name, label_format)
         if labels.age == -999:
             raise LabelParseError("no row for this file in the labels CSV")
         if not 0 <= labels.age <= 120:
@@ -105,9 +121,9 @@ workers inherit it: they write decoded images there and return only labels and h
 parent (the one process that also streams the archive and writes HDF5) from unpickling every image."""
 
 
-def _process_into_slot(task: tuple[int, Entry], size: int, align: Callable | None) -> tuple:
+def _process_into_slot(task: tuple[int, Entry], work: Callable[[Entry], tuple]) -> tuple:
     slot, entry = task
-    result = process_entry(entry, size, align)
+    result = work(entry)
     if result[0] == "ok" and _SHARED_IMAGES is not None:
         _SHARED_IMAGES[slot] = result[2]
         result = (*result[:2], slot, *result[3:])  # the image travels through the shared mapping
@@ -120,13 +136,17 @@ def _batched(items: Iterable, n: int) -> Iterator[list]:
         yield block
 
 
-def _settings(source: Path, size: int, labels_csv: Path | None, align: bool) -> dict:
+# ------------------------------------------------------------------------------------------ the HDF5 file
+def _settings(source: Path, size: int, labels_csv: Path | None, align: bool, label_format: str,
+              max_file_mb: float) -> dict:
     return {
         "source": str(Path(source).resolve()),
         "source_bytes": Path(source).stat().st_size if Path(source).is_file() else -1,
         "size": int(size),
         "labels_csv": str(labels_csv) if labels_csv else "",
         "align": bool(align),
+        "label_format": label_format,
+        "max_file_mb": float(max_file_mb),
     }
 
 
@@ -153,29 +173,73 @@ def _append(ds: h5py.Dataset, values) -> None:
 
 
 def _truncate(f: h5py.File, n_images: int, n_skipped: int) -> None:
-    for name in ("images", "age", "gender", "race", "sha1", "phash", "filename"):
+    for name in _COLUMNS:
         f[name].resize(n_images, axis=0)
     for name in ("filename", "reason"):
         f["skipped"][name].resize(n_skipped, axis=0)
 
 
-def _write_block(f: h5py.File, results: list[tuple], summary: IngestSummary) -> None:
-    ok = [r for r in results if r[0] == "ok"]
-    bad = [r for r in results if r[0] == "skip"]
-    if ok:
-        _append(f["images"], np.stack([r[2] for r in ok]))
-        _append(f["age"], np.array([r[3] for r in ok], np.int16))
-        _append(f["gender"], np.array([r[4] for r in ok], np.int8))
-        _append(f["race"], np.array([r[5] for r in ok], np.int8))
-        _append(f["sha1"], np.array([r[6] for r in ok], "S40"))
-        _append(f["phash"], np.array([r[7] for r in ok], np.uint64))
-        _append(f["filename"], [r[1] for r in ok])
-    if bad:
-        _append(f["skipped"]["filename"], [r[1] for r in bad])
-        _append(f["skipped"]["reason"], [r[2] for r in bad])
-        summary.skipped.extend((r[1], r[2]) for r in bad)
-    summary.n_entries += len(results)
-    summary.n_images += len(ok)
+def _skipped_rows(f: h5py.File) -> list[tuple[str, str]]:
+    return list(zip(f["skipped"]["filename"].asstr()[:], f["skipped"]["reason"].asstr()[:], strict=True))
+
+
+def read_summary(path: Path) -> IngestSummary:
+    """The summary of an already finished ingest file."""
+    with h5py.File(path, "r") as f:
+        skipped = _skipped_rows(f)
+        n_images = int(f.attrs["n_images"])
+    return IngestSummary(output=Path(path), n_entries=n_images + len(skipped), n_images=n_images,
+                         skipped=skipped, already_done=True)
+
+
+_DUPLICATE = "duplicate name in the source"
+
+
+class _BlockWriter:
+    """Appends each finished block to the partial file, then records the progress atomically.
+
+    Also refuses a second file under a name already ingested (an archive may hold one name twice; both
+    would land in the file and, one day, on both sides of a split); the first one is kept.
+    """
+
+    def __init__(self, f: h5py.File, progress_path: Path, settings: dict, summary: IngestSummary,
+                 progress: Callable[[int], None] | None) -> None:
+        self.f, self.progress_path, self.settings, self.summary, self.progress = f, progress_path, settings, \
+            summary, progress
+        # name -> SHA-1 of every row already in the file (a resumed run continues the same check)
+        self.seen = dict(zip(f["filename"].asstr()[:], f["sha1"][:], strict=True))
+
+    def _refuse_duplicate(self, result: tuple) -> tuple:
+        if result[0] != "ok":
+            return result
+        name, sha1 = result[1], result[6]
+        if name not in self.seen:
+            self.seen[name] = sha1
+            return result
+        same = "the same bytes as" if self.seen[name] == sha1 else "other bytes than"
+        return ("skip", name, f"{_DUPLICATE}: {same} the file already ingested under this name (kept)")
+
+    def commit(self, results: list[tuple]) -> None:
+        results = [self._refuse_duplicate(r) for r in results]
+        ok = [r for r in results if r[0] == "ok"]
+        bad = [r for r in results if r[0] == "skip"]
+        f = self.f
+        if ok:
+            _append(f["images"], np.stack([r[2] for r in ok]))
+            for name, col, dtype in (("age", 3, np.int16), ("gender", 4, np.int8), ("race", 5, np.int8),
+                                     ("sha1", 6, "S40"), ("phash", 7, np.uint64)):
+                _append(f[name], np.array([r[col] for r in ok], dtype))
+            _append(f["filename"], [r[1] for r in ok])
+        if bad:
+            _append(f["skipped"]["filename"], [r[1] for r in bad])
+            _append(f["skipped"]["reason"], [r[2] for r in bad])
+            self.summary.skipped.extend((r[1], r[2]) for r in bad)
+        self.summary.n_entries += len(results)
+        self.summary.n_images += len(ok)
+        f.flush()
+        _write_progress(self.progress_path, self.settings, self.summary)
+        if self.progress is not None:
+            self.progress(self.summary.n_entries)
 
 
 def _write_progress(path: Path, settings: dict, summary: IngestSummary) -> None:
@@ -185,13 +249,115 @@ def _write_progress(path: Path, settings: dict, summary: IngestSummary) -> None:
     os.replace(tmp, path)  # atomic: the progress file always describes rows that were flushed
 
 
-def read_summary(path: Path) -> IngestSummary:
-    """The summary of an already finished ingest file."""
-    with h5py.File(path, "r") as f:
-        skipped = list(zip(f["skipped"]["filename"].asstr()[:], f["skipped"]["reason"].asstr()[:], strict=True))
-        n_images = int(f.attrs["n_images"])
-    return IngestSummary(output=Path(path), n_entries=n_images + len(skipped), n_images=n_images,
-                         skipped=skipped, already_done=True)
+# ----------------------------------------------------------------------------------- partial file, resume
+@dataclass(frozen=True)
+class _Partial:
+    """``OUT.partial`` and its progress record."""
+
+    path: Path
+    progress: Path
+
+    @classmethod
+    def of(cls, output: Path) -> _Partial:
+        return cls(output.with_name(output.name + ".partial"), output.with_name(output.name + ".partial.progress.json"))
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+        self.progress.unlink(missing_ok=True)
+
+
+def _settings_differ(partial: _Partial, recorded: dict, settings: dict, n_entries: int) -> ValueError:
+    """An error that says what the interrupted run was, what differs, and the two ways on."""
+    recorded = {**_DEFAULT_SETTINGS, **recorded}
+    changes = "; ".join(f"{k}: {recorded.get(k)!r} then, {v!r} now" for k, v in settings.items()
+                        if recorded.get(k) != v)
+    return ValueError(
+        f"{partial.path} is an interrupted ingest of {recorded.get('source')} ({n_entries} files done) with "
+        f"other settings ({changes}). Re-run the command that started it to resume, or add --overwrite to "
+        f"discard it and start over from {settings['source']}")
+
+
+def _open_partial(partial: _Partial, output: Path, size: int, settings: dict,
+                  overwrite: bool) -> tuple[h5py.File, IngestSummary]:
+    """Resume ``OUT.partial`` when its recorded settings are this run's, else start a new one."""
+    state = json.loads(partial.progress.read_text()) if partial.progress.exists() else {}
+    # A record of zero files (left by versions that kept the partial file of a run that failed at once)
+    # holds nothing to resume: start over whatever its settings.
+    if partial.path.exists() and state.get("n_entries") and not overwrite:
+        if {**_DEFAULT_SETTINGS, **state["settings"]} != settings:
+            raise _settings_differ(partial, state["settings"], settings, state["n_entries"])
+        f = None
+        try:
+            f = h5py.File(partial.path, "r+")
+            _truncate(f, state["n_images"], state["n_skipped"])  # drop rows written after the last record
+            summary = IngestSummary(output=output, n_entries=state["n_entries"], n_images=state["n_images"],
+                                    skipped=_skipped_rows(f), resumed_from=state["n_entries"])
+            return f, summary
+        except (OSError, KeyError):  # the kill hit a metadata write: start over, still correct
+            if f is not None:
+                f.close()
+    f = _create(partial.path, size, settings)
+    f.flush()
+    summary = IngestSummary(output=output)
+    _write_progress(partial.progress, settings, summary)
+    return f, summary
+
+
+# -------------------------------------------------------------------------------------------- the workers
+def _run_serial(blocks: Iterable[list[Entry]], work: Callable, commit: Callable) -> None:
+    for block in blocks:
+        commit([work(e) for e in block])
+
+
+def _run_spawned(blocks: Iterable[list[Entry]], work: Callable, commit: Callable, workers: int) -> None:
+    with mp.get_context("spawn").Pool(workers) as pool:
+        for block in blocks:
+            commit(pool.map(work, block, chunksize=16))
+
+
+def _run_forked(blocks: Iterable[list[Entry]], work: Callable, commit: Callable, workers: int, size: int,
+                block_size: int) -> None:
+    """Up to ``in_flight`` blocks queued: workers decode the next blocks while this process writes one, and
+    memory stays bounded whatever the size of the source. Block k owns the slots
+    ``[(k % in_flight) * block_size, ...)`` of the shared image buffer until it is committed."""
+    global _SHARED_IMAGES
+    in_flight = 3
+    shared = mmap.mmap(-1, in_flight * block_size * size * size * 3)
+    _SHARED_IMAGES = np.frombuffer(shared, np.uint8).reshape(in_flight * block_size, size, size, 3)
+    slot_work = partial(_process_into_slot, work=work)
+
+    def collect(results: list[tuple]) -> list[tuple]:
+        return [(*r[:2], _SHARED_IMAGES[r[2]], *r[3:]) if r[0] == "ok" and isinstance(r[2], int) else r
+                for r in results]
+
+    try:
+        with mp.get_context("fork").Pool(workers) as pool:
+            pending: deque = deque()
+            for k, block in enumerate(blocks):
+                base = (k % in_flight) * block_size
+                pending.append(pool.map_async(slot_work, [(base + i, e) for i, e in enumerate(block)],
+                                              chunksize=16))
+                if len(pending) >= in_flight:
+                    commit(collect(pending.popleft().get()))
+            while pending:
+                commit(collect(pending.popleft().get()))
+    finally:
+        _SHARED_IMAGES = None
+        shared.close()
+
+
+def _check_arguments(size: int, label_format: str, labels_csv: Path | None, max_file_mb: float) -> None:
+    """Everything that can be refused before a file is written."""
+    if size < 16:
+        raise ValueError(f"--size must be at least 16 pixels, got {size}")
+    if label_format not in LABEL_FORMATS:
+        raise ValueError(f"--format {label_format!r}: choose one of {sorted(LABEL_FORMATS)}")
+    if max_file_mb <= 0:
+        raise ValueError(f"--max-file-mb must be positive, got {max_file_mb}")
+    if labels_csv is not None:
+        if not labels_csv.is_file():
+            raise FileNotFoundError(f"labels CSV {labels_csv} not found")
+        read_labels_csv(labels_csv)  # its errors name the line
 
 
 def ingest(
@@ -204,110 +370,63 @@ def ingest(
     overwrite: bool = False,
     progress: Callable[[int], None] | None = None,
     block_size: int = BLOCK_SIZE,
+    label_format: str = "utkface",
+    max_file_mb: float = MAX_FILE_MB,
 ) -> IngestSummary:
     """Read every image of ``source`` into ``output`` (HDF5), resumable; see the module docstring.
 
     ``workers`` processes decode in parallel (default: all cores). ``align`` runs the face aligner of
-    :mod:`deepage.inference.faces` on each image first, for in-the-wild photos. ``progress`` is called
-    with the number of entries done after each block.
+    :mod:`deepage.inference.faces` on each image first, for in-the-wild photos. ``label_format``: how
+    labels are read from file names (``utkface`` or ``fgnet``, see :data:`~deepage.data.sources.LABEL_FORMATS`)
+    unless ``labels_csv`` gives them. Files over ``max_file_mb`` (declared size) are skipped unread.
+    ``progress`` is called with the number of entries done after each block.
     """
     source, output = Path(source), Path(output)
     labels_csv = Path(labels_csv) if labels_csv else None
-    if size < 16:
-        raise ValueError(f"--size must be at least 16 pixels, got {size}")
+    _check_arguments(size, label_format, labels_csv, max_file_mb)
     if output.exists() and not overwrite:
         with h5py.File(output, "r") as f:
             done = bool(f.attrs.get("complete", False))
         if done:
             return read_summary(output)
         raise FileExistsError(f"{output} exists but is not a finished ingest; delete it or pass --overwrite")
-    partial_path = output.with_name(output.name + ".partial")
-    progress_path = output.with_name(output.name + ".partial.progress.json")
-    settings = _settings(source, size, labels_csv, align)
-    summary = IngestSummary(output=output)
+    check_source(source)  # before OUT.partial exists: a mistyped path must leave nothing behind
+    settings = _settings(source, size, labels_csv, align, label_format, max_file_mb)
+    partial_file = _Partial.of(output)
     started = time.perf_counter()
+    f, summary = _open_partial(partial_file, output, size, settings, overwrite)
+    try:
+        writer = _BlockWriter(f, partial_file.progress, settings, summary, progress)
+        _ingest_entries(source, labels_csv, size, workers, align, label_format, max_file_mb, block_size, writer)
+        f.attrs.update({"n_images": summary.n_images, "n_skipped": summary.n_skipped, "complete": True})
+    except BaseException:
+        f.close()
+        if summary.n_entries == 0:  # nothing was written: no partial file to resume, nothing to block a re-run
+            partial_file.remove()
+        raise
+    f.close()
+    os.replace(partial_file.path, output)
+    partial_file.progress.unlink(missing_ok=True)
+    summary.seconds = time.perf_counter() - started
+    return summary
 
-    f = None
-    if partial_path.exists() and progress_path.exists() and not overwrite:
-        state = json.loads(progress_path.read_text())
-        if state["settings"] != settings:
-            raise ValueError(
-                f"{partial_path} is an interrupted ingest with other settings ({state['settings']}); "
-                "delete it, or re-run with the same settings to resume"
-            )
-        try:
-            f = h5py.File(partial_path, "r+")
-            _truncate(f, state["n_images"], state["n_skipped"])  # drop rows written after the last record
-            summary.n_entries, summary.n_images = state["n_entries"], state["n_images"]
-            summary.skipped = list(zip(f["skipped"]["filename"].asstr()[:], f["skipped"]["reason"].asstr()[:],
-                                       strict=True))
-            summary.resumed_from = state["n_entries"]
-        except (OSError, KeyError):  # the kill hit a metadata write: start over, still correct
-            if f is not None:
-                f.close()
-            f, summary = None, IngestSummary(output=output)
-    if f is None:
-        f = _create(partial_path, size, settings)
-        f.flush()
-        _write_progress(progress_path, settings, summary)
 
+def _ingest_entries(source: Path, labels_csv: Path | None, size: int, workers: int | None, align: bool,
+                    label_format: str, max_file_mb: float, block_size: int, writer: _BlockWriter) -> None:
+    """Stream the source's entries after those already written, decode them in ``workers`` processes and
+    commit them block by block."""
     aligner = None
     if align:
         from ..inference.faces import FaceAligner  # imported lazily: only --align needs the detector
 
         aligner = FaceAligner(output_size=max(size, 200)).align_largest
-    work = partial(process_entry, size=size, align=aligner)
-    entries = islice(iter_entries(source, labels_csv), summary.n_entries, None)
+    work = partial(process_entry, size=size, align=aligner, label_format=label_format)
+    entries = islice(iter_entries(source, labels_csv, max_file_mb), writer.summary.n_entries, None)
     blocks = _batched(entries, block_size)
     workers = max(1, workers or os.cpu_count() or 1)
-
-    def commit(results: list[tuple]) -> None:
-        _write_block(f, results, summary)
-        f.flush()
-        _write_progress(progress_path, settings, summary)
-        if progress is not None:
-            progress(summary.n_entries)
-
-    try:
-        if workers == 1:
-            for block in blocks:
-                commit([work(e) for e in block])
-        elif os.name != "posix":
-            with mp.get_context("spawn").Pool(workers) as pool:
-                for block in blocks:
-                    commit(pool.map(work, block, chunksize=16))
-        else:
-            # Up to IN_FLIGHT blocks queued: workers decode the next blocks while this process writes one,
-            # and memory stays bounded whatever the size of the source. Block k owns the slots
-            # [(k % IN_FLIGHT) * block_size, ...) of the shared image buffer until it is committed.
-            global _SHARED_IMAGES
-            in_flight = 3
-            shared = mmap.mmap(-1, in_flight * block_size * size * size * 3)
-            _SHARED_IMAGES = np.frombuffer(shared, np.uint8).reshape(in_flight * block_size, size, size, 3)
-            slot_work = partial(_process_into_slot, size=size, align=aligner)
-
-            def collect(results: list[tuple]) -> list[tuple]:
-                return [(*r[:2], _SHARED_IMAGES[r[2]], *r[3:]) if r[0] == "ok" and isinstance(r[2], int) else r
-                        for r in results]
-
-            try:
-                with mp.get_context("fork").Pool(workers) as pool:
-                    pending: deque = deque()
-                    for k, block in enumerate(blocks):
-                        base = (k % in_flight) * block_size
-                        tasks = [(base + i, e) for i, e in enumerate(block)]
-                        pending.append(pool.map_async(slot_work, tasks, chunksize=16))
-                        if len(pending) >= in_flight:
-                            commit(collect(pending.popleft().get()))
-                    while pending:
-                        commit(collect(pending.popleft().get()))
-            finally:
-                _SHARED_IMAGES = None
-                shared.close()
-        f.attrs.update({"n_images": summary.n_images, "n_skipped": summary.n_skipped, "complete": True})
-    finally:
-        f.close()
-    os.replace(partial_path, output)
-    progress_path.unlink(missing_ok=True)
-    summary.seconds = time.perf_counter() - started
-    return summary
+    if workers == 1:
+        _run_serial(blocks, work, writer.commit)
+    elif os.name != "posix":
+        _run_spawned(blocks, work, writer.commit, workers)
+    else:
+        _run_forked(blocks, work, writer.commit, workers, size, block_size)

@@ -21,8 +21,10 @@ import numpy as np
 import torch
 
 from ..checkpoint import load_checkpoint, model_from_checkpoint
-from ..data.loader import FaceBatches, load_split
+from ..data.loader import FaceBatches, FaceData, load_split
 from ..data.split import read_split
+from ..models.registry import AgeModel
+from ..preprocessing import Preprocessing
 from .metrics import full_metrics, json_safe
 from .plots import make_plots
 from .predictions import Predictions, collect_predictions
@@ -96,6 +98,62 @@ def write_predictions_csv(
     return path
 
 
+def _split_warnings(face_data: FaceData, data: Path, split: str, ckpt: dict, pre: Preprocessing) -> list[str]:
+    """Possible leakage (split fingerprints differ), training images, another stored image size."""
+    warn = []
+    ckpt_fp = str(ckpt.get("split_fingerprint", "unknown"))
+    if face_data.fingerprint != ckpt_fp:
+        warn.append(
+            f"the data's split fingerprint ({face_data.fingerprint}) differs from the checkpoint's "
+            f"({ckpt_fp}): the model may have been trained on some of these images (possible leakage)"
+        )
+    elif split in ("train", "all"):
+        warn.append(
+            f"split '{split}' contains the images the model was trained on: these are not held-out numbers"
+        )
+    if pre.stored_size != face_data.stored_size:
+        warn.append(
+            f"the model was trained on images stored at {pre.stored_size} px but {data} stores "
+            f"{face_data.stored_size} px"
+        )
+    return warn
+
+
+def _timed_predictions(model: AgeModel, face_data: FaceData, batch_size: int, dev: torch.device,
+                       tta_flip: bool) -> tuple[Predictions, float]:
+    """Predictions for every image of ``face_data`` (in order, none dropped) and the seconds they took."""
+    model.to(dev)
+    batches = FaceBatches(face_data, model.spec.preprocessing, batch_size, shuffle=False, drop_last=False)
+    start = time.perf_counter()
+    preds = collect_predictions(model, batches, dev, tta_flip=tta_flip)
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    seconds = time.perf_counter() - start
+    if len(preds) != len(face_data):
+        raise RuntimeError(f"evaluated {len(preds)} images of a split of {len(face_data)}")
+    return preds, seconds
+
+
+def _provenance(checkpoint: Path, data: Path, split: str, requested: str, face_data: FaceData, ckpt: dict,
+                speed: dict, warn: list[str]) -> dict:
+    """What was evaluated, with what, how fast: the fields ``metrics.json`` adds to the metrics."""
+    spec = ckpt["spec"]
+    ckpt_fp = str(ckpt.get("split_fingerprint", "unknown"))
+    return {
+        "checkpoint": str(checkpoint.resolve()),
+        "data": str(data.resolve()),
+        "split": split,
+        "split_requested": requested,
+        "fingerprints": {"data": face_data.fingerprint, "checkpoint": ckpt_fp,
+                         "match": face_data.fingerprint == ckpt_fp},
+        "speed": speed,
+        "model": {"name": spec.get("name"), "head": spec.get("head"), "scheme": spec.get("scheme"),
+                  "input_size": spec["preprocessing"]["input_size"]},
+        "checkpoint_metrics": ckpt.get("metrics", {}),
+        "warnings": warn,
+    }
+
+
 def evaluate_checkpoint(
     checkpoint: str | Path,
     data: str | Path,
@@ -121,7 +179,6 @@ def evaluate_checkpoint(
     ckpt = load_checkpoint(checkpoint)
     model = model_from_checkpoint(ckpt)
     warn: list[str] = []
-
     requested = split
     if split != "all" and not _has_saved_split(data):
         warn.append(f"{data} has no saved split: evaluated all of its images instead of split '{split}'")
@@ -129,71 +186,16 @@ def evaluate_checkpoint(
     face_data = load_split(data, split)
     if len(face_data) == 0:
         raise ValueError(f"split '{split}' of {data} holds no images")
+    warn += _split_warnings(face_data, data, split, ckpt, model.spec.preprocessing)
 
-    ckpt_fp = str(ckpt.get("split_fingerprint", "unknown"))
-    match = face_data.fingerprint == ckpt_fp
-    if not match:
-        warn.append(
-            f"the data's split fingerprint ({face_data.fingerprint}) differs from the checkpoint's "
-            f"({ckpt_fp}): the model may have been trained on some of these images (possible leakage)"
-        )
-    elif split in ("train", "all"):
-        warn.append(
-            f"split '{split}' contains the images the model was trained on: these are not held-out numbers"
-        )
-    pre = model.spec.preprocessing
-    if pre.stored_size != face_data.stored_size:
-        warn.append(
-            f"the model was trained on images stored at {pre.stored_size} px but {data} stores "
-            f"{face_data.stored_size} px"
-        )
-
-    dev = (
-        torch.device(device)
-        if device is not None
-        else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    )
-    model.to(dev)
-    batches = FaceBatches(face_data, pre, batch_size, shuffle=False, drop_last=False)
-    start = time.perf_counter()
-    preds = collect_predictions(model, batches, dev, tta_flip=tta_flip)
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-    seconds = time.perf_counter() - start
-    if len(preds) != len(face_data):
-        raise RuntimeError(f"evaluated {len(preds)} images of a split of {len(face_data)}")
-
+    dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    preds, seconds = _timed_predictions(model, face_data, batch_size, dev, tta_flip)
     order = np.asarray(preds.index)
     gender, race = face_data.gender.numpy()[order], face_data.race.numpy()[order]
     metrics = full_metrics(preds, gender=gender, race=race)
-    spec = ckpt["spec"]
-    metrics.update(
-        json_safe(
-            {
-                "checkpoint": str(checkpoint.resolve()),
-                "data": str(data.resolve()),
-                "split": split,
-                "split_requested": requested,
-                "fingerprints": {"data": face_data.fingerprint, "checkpoint": ckpt_fp, "match": match},
-                "speed": {
-                    "images_per_second": len(preds) / seconds if seconds > 0 else None,
-                    "seconds": seconds,
-                    "batch_size": batch_size,
-                    "device": str(dev),
-                    "threads": torch.get_num_threads(),
-                    "tta_flip": tta_flip,
-                },
-                "model": {
-                    "name": spec.get("name"),
-                    "head": spec.get("head"),
-                    "scheme": spec.get("scheme"),
-                    "input_size": pre.input_size,
-                },
-                "checkpoint_metrics": ckpt.get("metrics", {}),
-                "warnings": warn,
-            }
-        )
-    )
+    speed = {"images_per_second": len(preds) / seconds if seconds > 0 else None, "seconds": seconds,
+             "batch_size": batch_size, "device": str(dev), "threads": torch.get_num_threads(), "tta_flip": tta_flip}
+    metrics.update(json_safe(_provenance(checkpoint, data, split, requested, face_data, ckpt, speed, warn)))
 
     out = Path(out_dir) if out_dir is not None else checkpoint.parent / f"eval-{split}"
     out.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
 import numpy as np  # noqa: E402
-from sklearn.metrics import roc_curve  # noqa: E402
+from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay, roc_curve  # noqa: E402
 
 from ..labels import get_scheme  # noqa: E402
 from .metrics import reliability_bins  # noqa: E402
@@ -52,23 +52,15 @@ def plot_confusion_matrix(
     norm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
     side = max(4.5, 0.55 * C + 2)
     fig, ax = plt.subplots(figsize=(side + 1, side))
-    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
+    # scikit-learn draws the matrix and its ticks; its one-number cell text cannot show "percent\ncount" and
+    # leave empty cells blank, so the cells are written here.
+    display = ConfusionMatrixDisplay(norm, display_labels=list(class_names))
+    display.plot(ax=ax, cmap="Blues", include_values=False, colorbar=False, im_kw={"vmin": 0, "vmax": 1})
+    fig.colorbar(display.im_, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
     small = 7 if C > 10 else 8
-    for i in range(C):
-        for j in range(C):
-            if cm[i, j] == 0:
-                continue
-            colour = "white" if norm[i, j] > 0.5 else "black"
-            ax.text(
-                j,
-                i,
-                f"{norm[i, j]:.0%}\n{int(cm[i, j])}",
-                ha="center",
-                va="center",
-                fontsize=small,
-                color=colour,
-            )
+    for i, j in zip(*np.nonzero(cm), strict=True):
+        ax.text(j, i, f"{norm[i, j]:.0%}\n{int(cm[i, j])}", ha="center", va="center", fontsize=small,
+                color="white" if norm[i, j] > 0.5 else "black")
     ax.set_xticks(range(C), class_names, rotation=45, ha="right")
     ax.set_yticks(range(C), [f"{n} ({int(r)})" for n, r in zip(class_names, rows[:, 0], strict=True)])
     ax.set_xlabel("predicted class")
@@ -106,9 +98,10 @@ def plot_roc_curves(
             continue
         fpr, tpr, _ = roc_curve(positive, probs[:, c])
         auc = aucs[c] if aucs is not None else None
-        ax.plot(
-            fpr, tpr, color=colour, lw=1.3, label=f"{name}" + (f" (AUC {auc:.3f})" if auc is not None else "")
-        )
+        # The AUC goes into the name: the display's own label rounds it to two decimals.
+        label = f"{name}" + (f" (AUC {auc:.3f})" if auc is not None else "")
+        curve = RocCurveDisplay(fpr=fpr, tpr=tpr, name=label).plot(ax=ax)
+        curve.line_.set(color=colour, lw=1.3)
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.01)
     ax.set_xlabel("false positive rate")
@@ -146,13 +139,8 @@ def plot_per_class_recall(
     return _save(fig, path)
 
 
-def plot_age_error(
-    age_true: np.ndarray,
-    age_pred: np.ndarray,
-    path: str | Path,
-    bin_width: int = 5,
-    title: str = "Age error against true age",
-) -> Path:
+def plot_age_error(age_true: np.ndarray, age_pred: np.ndarray, path: str | Path, bin_width: int = 5,
+                   title: str = "Age error against true age") -> Path:
     """Top: MAE per ``bin_width``-year bin of true age (with image counts). Bottom: signed error
     (predicted - true, years) of every image against its true age."""
     age_true = np.asarray(age_true, float)
@@ -187,14 +175,8 @@ def plot_age_error(
     return _save(fig, path)
 
 
-def plot_reliability(
-    y_true: np.ndarray,
-    probs: np.ndarray,
-    path: str | Path,
-    n_bins: int = 10,
-    ece: float | None = None,
-    title: str = "Reliability of the top class",
-) -> Path:
+def plot_reliability(y_true: np.ndarray, probs: np.ndarray, path: str | Path, n_bins: int = 10,
+                     ece: float | None = None, title: str = "Reliability of the top class") -> Path:
     """Accuracy against mean confidence of the top class per confidence bin, with the ECE, and a
     histogram of confidences below."""
     bins = reliability_bins(y_true, probs, n_bins)
@@ -281,51 +263,18 @@ def make_plots(preds: Predictions, metrics: dict, out_dir: str | Path) -> list[P
         names = m["class_names"]
         y_true = np.asarray(get_scheme(name).classify(np.asarray(preds.age_true)))
         label = f"{name} ({len(names)} classes, n={len(y_true)})"
-        written.append(
-            plot_confusion_matrix(
-                m["confusion_matrix"],
-                names,
-                out_dir / f"confusion_{name}.png",
-                title=f"Confusion matrix, {label}",
-            )
-        )
-        aucs = [m["per_class"][n]["auc"] for n in names]
         macro = f", macro AUC {m['macro_auc']:.3f}" if m["macro_auc"] is not None else ""
-        written.append(
-            plot_roc_curves(
-                y_true,
-                probs,
-                names,
-                out_dir / f"roc_{name}.png",
-                aucs=aucs,
-                title=f"ROC one vs rest, {label}{macro}",
-            )
-        )
-        written.append(
-            plot_per_class_recall(
-                m["per_class"],
-                names,
-                out_dir / f"recall_{name}.png",
-                accuracy=m["accuracy"],
-                title=f"Recall per class, {label}",
-            )
-        )
-        written.append(
-            plot_reliability(
-                y_true,
-                probs,
-                out_dir / f"reliability_{name}.png",
-                ece=m["ece"],
-                title=f"Reliability, {label}",
-            )
-        )
+        written += [
+            plot_confusion_matrix(m["confusion_matrix"], names, out_dir / f"confusion_{name}.png",
+                                  title=f"Confusion matrix, {label}"),
+            plot_roc_curves(y_true, probs, names, out_dir / f"roc_{name}.png",
+                            aucs=[m["per_class"][n]["auc"] for n in names], title=f"ROC one vs rest, {label}{macro}"),
+            plot_per_class_recall(m["per_class"], names, out_dir / f"recall_{name}.png", accuracy=m["accuracy"],
+                                  title=f"Recall per class, {label}"),
+            plot_reliability(y_true, probs, out_dir / f"reliability_{name}.png", ece=m["ece"],
+                             title=f"Reliability, {label}"),
+        ]
     if preds.age_pred is not None:
-        written.append(
-            plot_age_error(
-                preds.age_true,
-                preds.age_pred,
-                out_dir / "age_error.png",
-                title=f"Age error against true age (n={len(preds)})",
-            )
-        )
+        written.append(plot_age_error(preds.age_true, preds.age_pred, out_dir / "age_error.png",
+                                      title=f"Age error against true age (n={len(preds)})"))
     return written

@@ -53,12 +53,8 @@ def _group_row(name: str, m: dict, schemes: list[str], has_age: bool) -> list[st
     return row
 
 
-def write_report(metrics: dict, out_dir: str | Path, plots: Sequence[str | Path] = ()) -> Path:
-    """Write ``out_dir/report.md``: headline numbers, per-class tables per scheme, the breakdown by gender
-    and race, links to the plots, checkpoint path and split fingerprints. Returns its path."""
-    out_dir = Path(out_dir)
-    schemes = _schemes(metrics)
-    has_age = "age" in metrics
+def _intro(metrics: dict) -> list[str]:
+    """Title, model, data and warnings."""
     lines = [f"# Evaluation of `{metrics.get('checkpoint', '?')}`", ""]
     model = metrics.get("model", {})
     if model:
@@ -71,83 +67,69 @@ def write_report(metrics: dict, out_dir: str | Path, plots: Sequence[str | Path]
         f"**{metrics['n']}** images (none dropped).",
         "",
     ]
-    for w in metrics.get("warnings", []):
-        lines.append(f"> **Warning:** {w}")
+    lines += [f"> **Warning:** {w}" for w in metrics.get("warnings", [])]
     if metrics.get("warnings"):
         lines.append("")
-    lines += ["## Headline", ""]
-    head_rows = []
+    return lines
+
+
+def _headline_table(metrics: dict, schemes: list[str]) -> list[str]:
+    rows = []
     for s in schemes:
         m = metrics[s]
-        head_rows.append(
-            [
-                f"{s} ({len(m['class_names'])} classes)",
-                fmt_pct(m["accuracy"]),
-                fmt_pct(m["balanced_accuracy"]),
-                fmt_pct(m["one_off"]),
-                fmt_num(m["macro_f1"], 3),
-                fmt_num(m["macro_auc"], 3),
-                fmt_num(m["ece"], 3),
-            ]
-        )
-    if head_rows:
-        lines += _table(
-            ["scheme", "accuracy", "balanced acc.", "one-off", "macro F1", "macro AUC", "ECE"], head_rows
-        )
-        lines.append("")
-    if has_age:
-        a = metrics["age"]
-        lines += [
-            f"Exact age: **MAE {fmt_num(a['mae'])} years**, CS@5 {fmt_pct(a['cs5'])}, "
-            f"RMSE {fmt_num(a.get('rmse'))}, median error {fmt_num(a.get('median_ae'))}, "
-            f"bias (predicted - true) {fmt_num(a.get('bias'))} years.",
-            "",
-        ]
-        if a.get("interval_coverage") is not None:
-            lines += [f"The reported interval (10th-90th percentile of the age distribution, meant to hold the "
-                      f"true age 80 % of the time) held it for {fmt_pct(a['interval_coverage'])} of the faces; "
-                      f"mean width {fmt_num(a['interval_width'])} years.", ""]
-        lines += _table(
-            ["k (years)"] + [str(k) for k in range(len(a["cs_curve"]))],
-            [["CS@k"] + [fmt_pct(v, 0) for v in a["cs_curve"]]],
-        )
-        lines.append("")
-    speed = metrics.get("speed", {})
-    if speed:
-        lines += [
-            f"Inference: {fmt_num(speed.get('images_per_second'), 1)} images/s on {speed.get('device')} "
-            f"(batch {speed.get('batch_size')}, threads {speed.get('threads')}, "
-            f"flip TTA {'on' if speed.get('tta_flip') else 'off'}; includes batch preparation).",
-            "",
-        ]
+        rows.append([f"{s} ({len(m['class_names'])} classes)", fmt_pct(m["accuracy"]),
+                     fmt_pct(m["balanced_accuracy"]), fmt_pct(m["one_off"]), fmt_num(m["macro_f1"], 3),
+                     fmt_num(m["macro_auc"], 3), fmt_num(m["ece"], 3)])
+    if not rows:
+        return []
+    return _table(["scheme", "accuracy", "balanced acc.", "one-off", "macro F1", "macro AUC", "ECE"], rows) + [""]
 
-    for s in schemes:
-        m = metrics[s]
-        lines += [f"## Per class, {s}", ""]
-        rows = [
-            [
-                n,
-                str(c["support"]),
-                fmt_num(c["precision"], 3),
-                fmt_num(c["recall"], 3),
-                fmt_num(c["f1"], 3),
-                fmt_num(c["auc"], 3),
-            ]
-            for n, c in m["per_class"].items()
-        ]
-        lines += _table(["class", "support", "precision", "recall", "F1", "AUC"], rows)
-        notes = [
-            "Macro means are over the classes present in the truth or the predictions "
-            "(as scikit-learn's classification report)."
-        ]
-        if m.get("auc_excluded"):
-            notes.append(
-                "No ROC curve (no positive or no negative sample), so left out of the macro AUC: "
-                + ", ".join(m["auc_excluded"])
-                + "."
-            )
-        lines += ["", " ".join(notes), ""]
 
+def _age_section(a: dict) -> list[str]:
+    """Exact-age errors, the interval's coverage and the CS@k curve."""
+    lines = [
+        f"Exact age: **MAE {fmt_num(a['mae'])} years**, CS@5 {fmt_pct(a['cs5'])}, "
+        f"RMSE {fmt_num(a.get('rmse'))}, median error {fmt_num(a.get('median_ae'))}, "
+        f"bias (predicted - true) {fmt_num(a.get('bias'))} years.",
+        "",
+    ]
+    if a.get("interval_coverage") is not None:
+        lines += [f"The reported interval (10th-90th percentile of the age distribution, meant to hold the "
+                  f"true age 80 % of the time) held it for {fmt_pct(a['interval_coverage'])} of the faces; "
+                  f"mean width {fmt_num(a['interval_width'])} years.", ""]
+    lines += _table(
+        ["k (years)"] + [str(k) for k in range(len(a["cs_curve"]))],
+        [["CS@k"] + [fmt_pct(v, 0) for v in a["cs_curve"]]],
+    )
+    return lines + [""]
+
+
+def _speed_line(speed: dict) -> list[str]:
+    if not speed:
+        return []
+    return [
+        f"Inference: {fmt_num(speed.get('images_per_second'), 1)} images/s on {speed.get('device')} "
+        f"(batch {speed.get('batch_size')}, threads {speed.get('threads')}, "
+        f"flip TTA {'on' if speed.get('tta_flip') else 'off'}; includes batch preparation).",
+        "",
+    ]
+
+
+def _per_class_section(scheme: str, m: dict) -> list[str]:
+    rows = [[n, str(c["support"]), fmt_num(c["precision"], 3), fmt_num(c["recall"], 3), fmt_num(c["f1"], 3),
+             fmt_num(c["auc"], 3)] for n, c in m["per_class"].items()]
+    notes = ["Macro means are over the classes present in the truth or the predictions "
+             "(as scikit-learn's classification report)."]
+    if m.get("auc_excluded"):
+        notes.append("No ROC curve (no positive or no negative sample), so left out of the macro AUC: "
+                     + ", ".join(m["auc_excluded"]) + ".")
+    return [f"## Per class, {scheme}", ""] + _table(["class", "support", "precision", "recall", "F1", "AUC"], rows) \
+        + ["", " ".join(notes), ""]
+
+
+def _groups_sections(metrics: dict, schemes: list[str], has_age: bool) -> list[str]:
+    """The breakdowns by gender and by race."""
+    lines = []
     for key, title in (("by_gender", "By gender"), ("by_race", "By race")):
         if key not in metrics:
             continue
@@ -158,16 +140,22 @@ def write_report(metrics: dict, out_dir: str | Path, plots: Sequence[str | Path]
             header += ["MAE", "CS@5"]
         rows = [_group_row(g, gm, schemes, has_age) for g, gm in metrics[key].items()]
         lines += [f"## {title}", ""] + _table(header, rows) + [""]
+    return lines
 
-    if plots:
-        lines += ["## Plots", ""]
-        for p in plots:
-            p = Path(p)
-            rel = p.relative_to(out_dir) if p.is_relative_to(out_dir) else p
-            lines.append(f"- [{p.stem}]({rel.as_posix()})")
-        lines.append("")
+
+def _plots_section(plots: Sequence[str | Path], out_dir: Path) -> list[str]:
+    if not plots:
+        return []
+    lines = ["## Plots", ""]
+    for p in map(Path, plots):
+        rel = p.relative_to(out_dir) if p.is_relative_to(out_dir) else p
+        lines.append(f"- [{p.stem}]({rel.as_posix()})")
+    return lines + [""]
+
+
+def _provenance(metrics: dict) -> list[str]:
     fps = metrics.get("fingerprints", {})
-    lines += [
+    return [
         "## Provenance",
         "",
         f"- checkpoint: `{metrics.get('checkpoint', '?')}`",
@@ -176,6 +164,21 @@ def write_report(metrics: dict, out_dir: str | Path, plots: Sequence[str | Path]
         + (" (same split)" if fps.get("match") else " (**differs**)"),
         "",
     ]
+
+
+def write_report(metrics: dict, out_dir: str | Path, plots: Sequence[str | Path] = ()) -> Path:
+    """Write ``out_dir/report.md``: headline numbers, per-class tables per scheme, the breakdown by gender
+    and race, links to the plots, checkpoint path and split fingerprints. Returns its path."""
+    out_dir = Path(out_dir)
+    schemes = _schemes(metrics)
+    lines = _intro(metrics) + ["## Headline", ""] + _headline_table(metrics, schemes)
+    if "age" in metrics:
+        lines += _age_section(metrics["age"])
+    lines += _speed_line(metrics.get("speed", {}))
+    for s in schemes:
+        lines += _per_class_section(s, metrics[s])
+    lines += _groups_sections(metrics, schemes, "age" in metrics)
+    lines += _plots_section(plots, out_dir) + _provenance(metrics)
     path = out_dir / "report.md"
     path.write_text("\n".join(lines))
     return path

@@ -36,16 +36,6 @@ def torchvision_pretrained(factory: Callable[..., nn.Module], weights: str, name
         ) from exc
 
 
-# ---------------------------------------------------------------------------------------------- blocks
-def _dense(in_features: int, widths: tuple[int, ...], dropout: float) -> nn.Sequential:
-    """Dropout → Linear → ReLU per width (AlexNet / Levi-Hassner ordering)."""
-    layers: list[nn.Module] = []
-    for w in widths:
-        layers += [nn.Dropout(dropout), nn.Linear(in_features, w), nn.ReLU(inplace=True)]
-        in_features = w
-    return nn.Sequential(*layers)
-
-
 # ---------------------------------------------------------------------------------------------- models
 class LeNet(nn.Module):
     """LeNet-5 layout (LeCun et al. 1998) on RGB: conv5x5(6) → pool → conv5x5(16) → pool → FC 120 → FC 84.

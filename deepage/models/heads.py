@@ -14,6 +14,8 @@ Each head is an ``nn.Module`` with ``loss(outputs, ages)`` and ``predict(outputs
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,8 +25,8 @@ import torch.nn.functional as F
 
 from ..labels import AGE_BINS, MAX_AGE, LabelScheme, get_scheme, list_schemes
 
-__all__ = ["HeadOutput", "average_outputs", "ClassesHead", "DexHead", "CoralHead", "create_head", "HEADS",
-           "gaussian_age_targets", "age_quantiles", "INTERVAL_QUANTILES"]
+__all__ = ["HeadOutput", "average_outputs", "ClassesHead", "DexHead", "CoralHead", "create_head", "head_options",
+           "HEADS", "gaussian_age_targets", "age_quantiles", "INTERVAL_QUANTILES"]
 
 HEADS = ("classes", "dex", "coral")
 INTERVAL_QUANTILES = (0.1, 0.9)
@@ -83,16 +85,25 @@ def _age_distribution_to_classes(age_probs: torch.Tensor) -> dict[str, torch.Ten
 
 class ClassesHead(nn.Module):
     """Linear classifier over the classes of ``scheme``. Loss: cross-entropy (optional label smoothing,
-    optional class weights)."""
+    optional ``(C,)`` class weights, e.g. inverse class frequencies).
+
+    ``class_weights`` is a plain list so that it lives in the model's spec (and so in every checkpoint)
+    like any other head option; it only affects the loss.
+    """
 
     kind = "classes"
 
     def __init__(self, in_features: int, scheme: LabelScheme, dropout: float = 0.0,
-                 label_smoothing: float = 0.0) -> None:
+                 label_smoothing: float = 0.0, class_weights: Sequence[float] | None = None) -> None:
         super().__init__()
         self.scheme = scheme
         self.label_smoothing = label_smoothing
-        self.register_buffer("class_weights", torch.ones(scheme.num_classes), persistent=False)
+        weights = torch.ones(scheme.num_classes) if class_weights is None else torch.tensor(class_weights,
+                                                                                            dtype=torch.float32)
+        if weights.shape != (scheme.num_classes,):
+            raise ValueError(f"head 'classes': class_weights has {weights.numel()} values, scheme "
+                             f"{scheme.name!r} has {scheme.num_classes} classes")
+        self.register_buffer("class_weights", weights, persistent=False)
         self.fc = nn.Sequential(nn.Dropout(dropout), nn.Linear(in_features, scheme.num_classes))
 
     @property
@@ -120,8 +131,7 @@ class DexHead(nn.Module):
 
     kind = "dex"
 
-    def __init__(self, in_features: int, dropout: float = 0.0, sigma: float = 2.0, l1_weight: float = 0.05,
-                 **_: object) -> None:
+    def __init__(self, in_features: int, dropout: float = 0.0, sigma: float = 2.0, l1_weight: float = 0.05) -> None:
         super().__init__()
         self.sigma, self.l1_weight = sigma, l1_weight
         self.fc = nn.Sequential(nn.Dropout(dropout), nn.Linear(in_features, AGE_BINS))
@@ -152,7 +162,7 @@ class CoralHead(nn.Module):
 
     kind = "coral"
 
-    def __init__(self, in_features: int, dropout: float = 0.0, **_: object) -> None:
+    def __init__(self, in_features: int, dropout: float = 0.0) -> None:
         super().__init__()
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(in_features, 1, bias=False)
@@ -181,14 +191,30 @@ class CoralHead(nn.Module):
                           age_probs=age_probs)
 
 
+_HEAD_CLASSES: dict[str, type[nn.Module]] = {"classes": ClassesHead, "dex": DexHead, "coral": CoralHead}
+
+
+def head_options(kind: str) -> dict[str, object]:
+    """The options (``head_kwargs``) a head takes, with their defaults: ``head_options("coral")`` →
+    ``{"dropout": 0.0}``."""
+    if kind not in _HEAD_CLASSES:
+        raise ValueError(f"unknown head {kind!r}; choose one of {HEADS}")
+    params = inspect.signature(_HEAD_CLASSES[kind].__init__).parameters
+    return {name: p.default for name, p in params.items() if name not in ("self", "in_features", "scheme")}
+
+
 def create_head(kind: str, in_features: int, scheme: str | LabelScheme | None = None, **kwargs) -> nn.Module:
-    """A head by name; ``classes`` needs a ``scheme`` (``utk14``, ``utk8`` or custom edges)."""
+    """A head by name; ``classes`` needs a ``scheme`` (``utk14``, ``utk8`` or custom edges).
+
+    ``kwargs`` are the head's options (see :func:`head_options`); a key the head does not take is an error
+    naming the valid ones, so a misspelt ``sigmaa`` cannot train unnoticed with the default.
+    """
+    valid = head_options(kind)
+    unknown = sorted(set(kwargs) - set(valid))
+    if unknown:
+        raise ValueError(f"head {kind!r}: unknown option(s) {unknown}; valid: {sorted(valid)}")
     if kind == "classes":
         if scheme is None:
             raise ValueError("head 'classes' needs a label scheme (num_classes=14 or 8, or scheme=...)")
         return ClassesHead(in_features, get_scheme(scheme), **kwargs)
-    if kind == "dex":
-        return DexHead(in_features, **kwargs)
-    if kind == "coral":
-        return CoralHead(in_features, **kwargs)
-    raise ValueError(f"unknown head {kind!r}; choose one of {HEADS}")
+    return _HEAD_CLASSES[kind](in_features, **kwargs)

@@ -202,7 +202,9 @@ def create_model(name: str, head: str = "dex", num_classes: int | None = None, i
                  head_kwargs: dict | None = None, **model_kwargs) -> AgeModel:
     """Build a registered model with a head.
 
-    ``head``: ``classes`` (needs ``num_classes`` 14/8 or ``scheme``), ``dex`` or ``coral``.
+    ``head``: ``classes`` (needs ``num_classes`` 14/8 or ``scheme``), ``dex`` or ``coral`` (which refuse
+    ``num_classes``/``scheme``: they answer every scheme). ``head_kwargs``: the head's options
+    (:func:`~deepage.models.heads.head_options`); an unknown key is an error.
     ``input_size`` defaults to the model's native size. ``pretrained=True`` takes library weights
     (offline copies first where known, else the hub); ``weights=PATH`` loads a local backbone file.
     """
@@ -210,6 +212,12 @@ def create_model(name: str, head: str = "dex", num_classes: int | None = None, i
     scheme_name = scheme_for(num_classes, scheme)
     if head == "classes" and scheme_name is None:
         raise ValueError("head 'classes' needs num_classes (14 or 8) or scheme")
+    if head != "classes" and scheme_name is not None:
+        # Refused rather than ignored: create_model("cnn", num_classes=14) would otherwise quietly return a
+        # 101-way DEX model. Age heads answer every scheme (utk14 and utk8) from their age distribution.
+        raise ValueError(f"num_classes/scheme apply to head='classes' only; the {head!r} head predicts the age "
+                         "and answers every class scheme (utk14, utk8) from it: pass head='classes' for a "
+                         f"{num_classes or scheme}-way classifier, or leave num_classes out")
     pre = Preprocessing(input_size=input_size or entry.default_input_size, stored_size=stored_size,
                         crop_pct=crop_pct, normalization=normalization or entry.normalization)
     spec = ModelSpec(name=name, head=head, scheme=scheme_name if head == "classes" else None, preprocessing=pre,

