@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from deepage.inference.faces import (
+from deepage.faces import (
     FIVE_POINT_TEMPLATE,
     UTKFACE_PADDING,
     FaceAligner,

@@ -36,6 +36,7 @@ import h5py
 import numpy as np
 
 from .. import __version__
+from ..faces import NoFaceError
 from ..imageio import RESIZE_METHOD, ImageDecodeError, content_hash, decode_image, perceptual_hash, square_resize
 from .sources import Entry, LabelParseError, iter_entries, parse_utkface_name
 
@@ -93,7 +94,7 @@ def process_entry(entry: Entry, size: int, align: Callable | None = None) -> tup
         image = square_resize(rgb, size)
         return ("ok", entry.name, image, labels.age, labels.gender, labels.race,
                 content_hash(entry.data), perceptual_hash(image))
-    except (ImageDecodeError, LabelParseError) as exc:
+    except (ImageDecodeError, LabelParseError, NoFaceError) as exc:
         return ("skip", entry.name, getattr(exc, "reason", str(exc)))
     except Exception as exc:  # noqa: BLE001 - one odd file must never stop an ingest
         return ("skip", entry.name, f"unexpected error: {type(exc).__name__}: {exc}")
@@ -253,7 +254,7 @@ def ingest(
 
     aligner = None
     if align:
-        from ..inference.faces import FaceAligner  # imported lazily: only --align needs the detector
+        from ..faces import FaceAligner  # imported lazily: only --align needs the detector
 
         aligner = FaceAligner(output_size=max(size, 200)).align_largest
     work = partial(process_entry, size=size, align=aligner)

@@ -15,9 +15,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..imageio import IMAGE_SUFFIXES  # one list for ingest and predict
+
 __all__ = ["Entry", "Labels", "parse_utkface_name", "iter_entries", "IMAGE_SUFFIXES", "LabelParseError"]
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 MAX_VALID_AGE = 120
 
 

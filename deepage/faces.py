@@ -27,8 +27,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..imageio import ImageDecodeError
-
 __all__ = ["FaceAligner", "DetectedFace", "NoFaceError", "UTKFACE_PADDING", "FIVE_POINT_TEMPLATE",
            "BOX_FRAMING", "WEAK_SCORE", "landmark_model_path", "chip_matrix"]
 
@@ -59,12 +57,14 @@ UTKFace chips for each detector."""
 LANDMARK_FILE = "shape_predictor_5_face_landmarks.dat"
 
 
-class NoFaceError(ImageDecodeError):
-    """No face was found in an image. An :class:`ImageDecodeError` (the image is unusable), so that
-    ``deepage ingest --align`` records its ``reason`` for the file and goes on."""
+class NoFaceError(ValueError):
+    """No face was found in an image; ``reason`` says what was looked at, ``name`` which image (the same
+    two fields as :class:`deepage.imageio.ImageDecodeError`, so callers report both alike)."""
 
     def __init__(self, reason: str = "no face found", name: str = "<image>") -> None:
-        super().__init__(name, reason)
+        super().__init__(f"{name}: {reason}")
+        self.name = name
+        self.reason = reason
 
 
 @dataclass(frozen=True, eq=False)
