@@ -101,7 +101,10 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from .inference.predict_cli import run_predict
 
-    return run_predict(args)
+    return run_predict(args.paths, model=args.model, fmt=args.format, annotate_dir=args.annotate,
+                       detect=not args.no_detect, explain=args.explain, backend=args.backend, tta=args.tta,
+                       workers=args.workers, output=args.output, skip_existing=args.skip_existing,
+                       progress=False if args.quiet else None)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -124,6 +127,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from .inference.demo import run_demo
 
     return run_demo()
+
+
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """Help that keeps the examples' line breaks."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -185,30 +192,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="leaderboard", help="output folder (markdown, CSV, bar chart)")
     p.set_defaults(func=_cmd_compare)
 
-    p = sub.add_parser("predict", help="estimate ages in photos (files or folders)")
-    p.add_argument("paths", nargs="+")
-    p.add_argument("--model", default=None, help="checkpoint or .onnx (default: the bundled model)")
-    p.add_argument("--format", default="table", choices=["table", "json", "csv"])
+    p = sub.add_parser(
+        "predict", help="estimate ages in photos (files or folders)", formatter_class=_Help,
+        description="Find every face in photos, align it as UTKFace's chips were, and estimate its age. "
+                    "Answers are written as they are made; a bar shows progress on a terminal.",
+        epilog="example: deepage predict holiday/ --format csv -o ages.csv --workers 2\n"
+               "resume:  deepage predict holiday/ --format csv -o ages.csv --skip-existing")
+    p.add_argument("paths", nargs="+", help="image files and folders (searched recursively)")
+    p.add_argument("--model", default=None, help="checkpoint (.pt) or .onnx file (default: the bundled model)")
+    p.add_argument("--format", default="table", choices=["table", "json", "csv"],
+                   help="table: readable lines; json: one object per image per line; csv: one row per face "
+                        "(default table)")
+    p.add_argument("-o", "--output", default=None, help="write the answers to this file (default: stdout)")
+    p.add_argument("--skip-existing", action="store_true",
+                   help="resume into --output: skip the images an earlier run already wrote there")
     p.add_argument("--annotate", default=None, help="folder for copies with boxes and ages drawn")
     p.add_argument("--no-detect", action="store_true", help="images are already face crops")
     p.add_argument("--explain", action="store_true", help="AL-ResNet: draw the attended regions")
-    p.add_argument("--backend", default="torch", choices=["torch", "onnx"])
-    p.add_argument("--tta", action="store_true", help="also read the mirror image and average (2x slower)")
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx"],
+                   help="auto (default): ONNX Runtime for .onnx files, and for checkpoints when it is installed")
+    p.add_argument("--tta", action="store_true", help="also read the mirror image and average (2x the model cost)")
+    p.add_argument("--workers", type=int, default=1, help="processes that decode and find faces (default 1)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_predict)
 
-    p = sub.add_parser("export", help="export a checkpoint to ONNX")
-    p.add_argument("checkpoint")
-    p.add_argument("-o", "--output", required=True)
+    p = sub.add_parser("export", help="export a checkpoint to ONNX", formatter_class=_Help,
+                       description="Export a checkpoint to ONNX (dynamic batch axis, the model's spec in the "
+                                   "file), checked against PyTorch before it is written.",
+                       epilog="example: deepage export deepage/assets/default_model.pt -o model.onnx")
+    p.add_argument("checkpoint", help="DeepAge checkpoint (.pt)")
+    p.add_argument("-o", "--output", required=True, help="ONNX file to write")
     p.set_defaults(func=_cmd_export)
 
-    p = sub.add_parser("serve", help="HTTP service with a web page")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--model", default=None, help="checkpoint (default: the bundled model)")
-    p.add_argument("--max-concurrency", type=int, default=64, help="requests admitted at once; more get 503")
-    p.add_argument("--workers", type=int, default=1, help="inference threads")
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds before a request gets 504")
-    p.add_argument("--max-upload-mb", type=float, default=10.0, help="larger uploads get 413")
+    p = sub.add_parser("serve", help="HTTP service with a web page", formatter_class=_Help,
+                       description="Serve a model over HTTP: a web page at /, POST /predict, GET /healthz.",
+                       epilog="example: deepage serve --port 8000 --model model.onnx")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
+    p.add_argument("--model", default=None, help="checkpoint (.pt) or .onnx file (default: the bundled model)")
+    p.add_argument("--max-concurrency", type=int, default=64,
+                   help="requests admitted at once; more get 503 (default 64)")
+    p.add_argument("--workers", type=int, default=1, help="inference threads (default 1)")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds before a request gets 504 (default 30)")
+    p.add_argument("--max-upload-mb", type=float, default=10.0, help="larger uploads get 413 (default 10)")
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("demo", help="find the face in a bundled photo and print its age")

@@ -221,10 +221,12 @@ class Predictor:
             return cls(_spec_of_onnx(session, path), path, "onnx", session=session, **kw)
         model = model_from_checkpoint(load_checkpoint(path)).to(device)
         if backend == "onnx":
-            from .export import model_to_onnx_bytes, onnx_session
+            from .export import check_onnx, model_to_onnx_bytes, onnx_session
 
             try:
-                session = onnx_session(model_to_onnx_bytes(model.cpu()))
+                data = model_to_onnx_bytes(model.cpu())
+                check_onnx(model, data, path)  # the same check as `deepage export`
+                session = onnx_session(data)
             except Exception as exc:  # noqa: BLE001 - exporters fail in many ways; auto falls back to torch
                 if wanted == "onnx":
                     raise
