@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from deepage.checkpoint import model_from_checkpoint
 from deepage.answers import head_output
+from deepage.checkpoint import model_from_checkpoint
 from deepage.inference.predictor import Predictor
 
 
