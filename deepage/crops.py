@@ -21,7 +21,7 @@ from .faces import FaceAligner
 from .imageio import ImageDecodeError, decode_image, square_resize, to_rgb_uint8
 
 __all__ = ["load_rgb", "check_image_size", "Crop", "PreparedImage", "CropMaker", "MIN_IMAGE_SIDE",
-           "IDENTITY"]
+           "IDENTITY", "init_worker", "worker_prepare"]
 
 MIN_IMAGE_SIDE = 16
 """Images with a side shorter than this are refused: no face fits, and the detector's resizing of a
@@ -122,3 +122,21 @@ class CropMaker:
             source = str(image) if isinstance(image, (str, Path)) else f"<{type(image).__name__}>"
             return PreparedImage(source, 0, 0, [], error=f"unexpected error: {type(exc).__name__}: {exc}")
         return PreparedImage(name, int(rgb.shape[1]), int(rgb.shape[0]), crops)
+
+
+# ---- worker processes (they import this module, not torch) ------------------------------------------------
+_WORKER_MAKER: CropMaker | None = None
+
+
+def init_worker(maker: CropMaker) -> None:
+    """Pool initializer: the worker's :class:`CropMaker`, received once (its aligner builds dlib's objects
+    on first use and keeps them)."""
+    global _WORKER_MAKER
+    _WORKER_MAKER = maker
+
+
+def worker_prepare(image, detect: bool = True) -> PreparedImage:
+    """A pool task: :class:`PreparedImage` for one input, by the maker :func:`init_worker` installed."""
+    if _WORKER_MAKER is None:
+        raise RuntimeError("worker_prepare runs in a pool started with initializer=init_worker")
+    return _WORKER_MAKER(image, detect)

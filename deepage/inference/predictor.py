@@ -32,7 +32,7 @@ from PIL import Image
 
 from ..answers import INTERVAL_QUANTILES, Answers, answer_batch
 from ..checkpoint import load_checkpoint, model_from_checkpoint
-from ..crops import Crop, CropMaker, PreparedImage, load_rgb
+from ..crops import Crop, CropMaker, PreparedImage, init_worker, load_rgb, worker_prepare
 from ..faces import FaceAligner
 from ..labels import get_scheme
 from ..models.heads import create_head
@@ -342,13 +342,15 @@ class Predictor:
         """Each input decoded, checked and cut into face crops, in order; in worker processes when
         ``workers > 1`` (spawned: they import no torch, and a fork of a process running ONNX Runtime's or
         PyTorch's thread pools is not safe)."""
-        maker = partial(CropMaker(self.aligner, self.spec.preprocessing.stored_size), detect=detect)
+        maker = CropMaker(self.aligner, self.spec.preprocessing.stored_size)
         if self.workers == 1:
-            yield from map(maker, items)
+            yield from (maker(item, detect) for item in items)
             return
-        if self._pool is None:
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"))
-        yield from _ordered_map(self._pool, maker, items, ahead=8 * self.workers)
+        if self._pool is None:  # each worker gets its CropMaker once; tasks carry only the image
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"),
+                                             initializer=init_worker, initargs=(maker,))
+        yield from _ordered_map(self._pool, partial(worker_prepare, detect=detect), items,
+                                ahead=8 * self.workers)
 
     def predict_iter(self, images, detect: bool | None = None, explain: bool = False) -> Iterator[ImagePrediction]:
         """:meth:`predict`, yielding each image's answer in input order as soon as its batch of crops has
