@@ -101,10 +101,15 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from .inference.predict_cli import run_predict
 
-    return run_predict(args.paths, model=args.model, fmt=args.format, annotate_dir=args.annotate,
-                       detect=not args.no_detect, explain=args.explain, backend=args.backend, tta=args.tta,
-                       workers=args.workers, output=args.output, skip_existing=args.skip_existing,
-                       progress=False if args.quiet else None)
+    try:
+        return run_predict(args.paths, model=args.model, fmt=args.format, annotate_dir=args.annotate,
+                           detect=not args.no_detect, explain=args.explain, backend=args.backend, tta=args.tta,
+                           workers=args.workers, output=args.output, skip_existing=args.skip_existing,
+                           progress=False if args.quiet else None)
+    except KeyboardInterrupt:  # every answer made so far is already written (and flushed)
+        resume = " (add --skip-existing to resume)" if args.output else ""
+        print(f"\ndeepage predict: interrupted{resume}", file=sys.stderr)
+        return 130
 
 
 def _cmd_export(args: argparse.Namespace) -> int:

@@ -11,6 +11,7 @@ Everything here is **RGB** ``uint8``.
 
 from __future__ import annotations
 
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -133,6 +134,9 @@ def init_worker(maker: CropMaker) -> None:
     on first use and keeps them)."""
     global _WORKER_MAKER
     _WORKER_MAKER = maker
+    # Ctrl-C reaches the whole process group: the parent stops the run and closes the pool; workers that
+    # raised KeyboardInterrupt too would each print a traceback and break the pool under it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def worker_prepare(image, detect: bool = True) -> PreparedImage:

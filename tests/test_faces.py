@@ -58,8 +58,8 @@ def test_a_lone_faint_face_is_kept_but_not_beside_a_clear_one(monkeypatch, astro
     calls = []
 
     def fake(answers):
-        def raw(rgb, closer=False):
-            calls.append(closer)
+        def raw(rgb, upsample=0, pad=0):
+            calls.append((upsample, pad > 0))
             return answers.pop(0) if answers else []
         return raw
 
@@ -69,7 +69,7 @@ def test_a_lone_faint_face_is_kept_but_not_beside_a_clear_one(monkeypatch, astro
     calls.clear()
     monkeypatch.setattr(aligner, "_raw_boxes", fake([[fainter, faint], [], []]))
     assert aligner._boxes(astronaut) == [faint]
-    assert calls == [False, False, True]  # the padded and the closer look ran first, for a clear face
+    assert calls == [(0, False), (0, True), (1, False)]  # the padded and the closer look ran, for a clear face
     calls.clear()
     monkeypatch.setattr(aligner, "_raw_boxes", fake([[fainter], [], [clear]]))
     assert aligner._boxes(astronaut) == [clear]  # the closer look's clear face beats a faint one
