@@ -197,7 +197,8 @@ class Predictor:
                                                                        **spec.head_kwargs)
         self._head.eval()
         self.aligner = aligner or FaceAligner(output_size=200)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # model calls
+        self._pool_lock = threading.Lock()
         self._pool: ProcessPoolExecutor | None = None
 
     # ---- construction --------------------------------------------------------------------------------
@@ -346,11 +347,12 @@ class Predictor:
         if self.workers == 1:
             yield from (maker(item, detect) for item in items)
             return
-        if self._pool is None:  # each worker gets its CropMaker once; tasks carry only the image
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"),
-                                             initializer=init_worker, initargs=(maker,))
-        yield from _ordered_map(self._pool, partial(worker_prepare, detect=detect), items,
-                                ahead=8 * self.workers)
+        with self._pool_lock:
+            if self._pool is None:  # each worker gets its CropMaker once; tasks carry only the image
+                self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"),
+                                                 initializer=init_worker, initargs=(maker,))
+            pool = self._pool
+        yield from _ordered_map(pool, partial(worker_prepare, detect=detect), items, ahead=8 * self.workers)
 
     def predict_iter(self, images, detect: bool | None = None, explain: bool = False) -> Iterator[ImagePrediction]:
         """:meth:`predict`, yielding each image's answer in input order as soon as its batch of crops has
