@@ -62,7 +62,7 @@ def bench(model: Path, image: Path, runs: int, warmup: int) -> dict[str, dict[st
 
 def stages(image: Path, runs: int, warmup: int) -> dict[str, float]:
     """p50 in milliseconds of the steps both backends share: read + decode, detect + landmarks + chip."""
-    from deepage.inference.faces import FaceAligner
+    from deepage.faces import FaceAligner
 
     aligner = FaceAligner()
     rgb = load_rgb(image)[0]

@@ -131,7 +131,15 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from .inference.predict_cli import run_predict
 
-    return run_predict(args)
+    try:
+        return run_predict(args.paths, model=args.model, fmt=args.format, annotate_dir=args.annotate,
+                           detect=not args.no_detect, explain=args.explain, backend=args.backend, tta=args.tta,
+                           workers=args.workers, output=args.output, skip_existing=args.skip_existing,
+                           progress=False if args.quiet else None)
+    except KeyboardInterrupt:  # every answer made so far is already written (and flushed)
+        resume = " (add --skip-existing to resume)" if args.output else ""
+        print(f"\ndeepage predict: interrupted{resume}", file=sys.stderr)
+        return 130
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -286,27 +294,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", help="run folders (each with best.pt or eval-*/metrics.json)")
     p.add_argument("--out", default="leaderboard", help="output folder")
 
-    p = _add(sub, "predict", "estimate ages in photos (files or folders): faces found, aligned, aged",
-             "deepage predict photo.jpg holiday/ --format json --annotate out/", _cmd_predict)
-    p.add_argument("paths", nargs="+", help="image files or folders")
-    p.add_argument("--model", default=None, help="checkpoint or .onnx (None: the bundled model)")
-    p.add_argument("--format", default="table", choices=["table", "json", "csv"], help="output format")
+    p = _add(sub, "predict", "estimate ages in photos (files or folders): faces found, aligned, aged; answers are "
+             "written as they are made, and a bar shows progress on a terminal",
+             "deepage predict holiday/ --format csv -o ages.csv --workers 2\n"
+             "resume:  deepage predict holiday/ --format csv -o ages.csv --skip-existing", _cmd_predict)
+    p.add_argument("paths", nargs="+", help="image files and folders (searched recursively)")
+    p.add_argument("--model", default=None, help="checkpoint (.pt) or .onnx file (None: the bundled model)")
+    p.add_argument("--format", default="table", choices=["table", "json", "csv"],
+                   help="table: readable lines; json: one object per image per line; csv: one row per face")
+    p.add_argument("-o", "--output", default=None, help="write the answers to this file (None: stdout)")
+    p.add_argument("--skip-existing", action="store_true",
+                   help="resume into --output: skip the images an earlier run already wrote there")
     p.add_argument("--annotate", default=None, help="folder for copies with boxes and ages drawn")
     p.add_argument("--no-detect", action="store_true", help="images are already face crops")
-    p.add_argument("--explain", action="store_true", help="AL-ResNet: draw the attended regions")
-    p.add_argument("--backend", default="torch", choices=["torch", "onnx"], help="inference engine")
-    p.add_argument("--tta", action="store_true", help="also read the mirror image and average (2x slower)")
+    p.add_argument("--explain", action="store_true", help="AL models: draw the attended regions")
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx"],
+                   help="auto: ONNX Runtime for .onnx files, and for checkpoints when it is installed")
+    p.add_argument("--tta", action="store_true", help="also read the mirror image and average (2x the model cost)")
+    p.add_argument("--workers", type=int, default=1, help="processes that decode and find faces")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
-    p = _add(sub, "export", "export a checkpoint to ONNX (dynamic batch axis; needs the 'onnx' extra)",
+    p = _add(sub, "export", "export a checkpoint to ONNX (dynamic batch axis, the model's spec in the file), "
+             "checked against PyTorch before it is written; needs the 'onnx' extra",
              "deepage export deepage/assets/default_model.pt -o model.onnx", _cmd_export)
     p.add_argument("checkpoint", help="a deepage checkpoint (.pt)")
     p.add_argument("-o", "--output", required=True, help="the .onnx file to write")
 
-    p = _add(sub, "serve", "HTTP service with a web page and POST /predict (needs the 'serve' extra)",
-             "deepage serve --port 8000", _cmd_serve)
+    p = _add(sub, "serve", "HTTP service: a web page at /, POST /predict, GET /healthz (needs the 'serve' extra)",
+             "deepage serve --port 8000 --model model.onnx", _cmd_serve)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     p.add_argument("--port", type=int, default=8000, help="TCP port")
-    p.add_argument("--model", default=None, help="checkpoint (None: the bundled model)")
+    p.add_argument("--model", default=None, help="checkpoint (.pt) or .onnx file (None: the bundled model)")
     p.add_argument("--max-concurrency", type=int, default=64, help="requests admitted at once; more get 503")
     p.add_argument("--workers", type=int, default=1, help="inference threads")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds before a request gets 504")

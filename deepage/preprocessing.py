@@ -26,8 +26,7 @@ import torch.nn.functional as F
 from .imageio import square_resize, to_rgb_uint8
 
 __all__ = ["Preprocessing", "Augmentation", "TRAIN_AUGMENTATION", "IMAGENET_MEAN", "IMAGENET_STD", "NORMALIZATIONS",
-           "prepare_batch",
-           "images_to_batch"]
+           "prepare_batch", "images_to_batch", "input_to_stored"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -185,3 +184,11 @@ def images_to_batch(images: list, pre: Preprocessing) -> torch.Tensor:
     ``(B, 3, input_size, input_size)``, resized exactly as ingest resized the training images."""
     stored = np.stack([square_resize(to_rgb_uint8(im), pre.stored_size) for im in images])
     return prepare_batch(torch.from_numpy(stored), pre)
+
+
+def input_to_stored(points: np.ndarray, pre: Preprocessing) -> np.ndarray:
+    """Points ``(N, 2)`` in model-input pixels → the pixels of the stored square they were sampled from by
+    the evaluation transform of :func:`prepare_batch` (its own matrix, so the two cannot drift apart)."""
+    theta = _affine(1, pre, None, None)[0].double().numpy()  # (2, 3): normalised input → normalised stored
+    u = 2 * np.asarray(points, np.float64) / pre.input_size - 1  # grid_sample, align_corners=False
+    return ((u @ theta[:, :2].T + theta[:, 2]) + 1) * pre.stored_size / 2

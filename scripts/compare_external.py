@@ -77,8 +77,7 @@ def main(argv: list[str] | None = None) -> int:
             keep = f["split"][:] == SPLITS[args.split]
             wanted = set(Path(n).name for n in f["filename"].asstr()[:][keep])
     model = Path(args.model) if args.model else DEFAULT_MODEL
-    ours = Predictor.from_checkpoint(model, backend="onnx" if model.suffix == ".onnx" else "torch",
-                                     detect=args.detect)
+    ours = Predictor.from_checkpoint(model, detect=args.detect)  # backend "auto"
     theirs = AgeAndGender()
 
     true, a_ours, a_theirs, g_ours = [], [], [], {"utk14": [], "utk8": []}

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import struct
+import zlib
 from pathlib import Path
 
 import cv2
@@ -74,3 +76,23 @@ def utkface_archive() -> Path:
     if not UTKFACE_ARCHIVE.is_file():
         pytest.fail(f"the real UTKFace archive is expected at {UTKFACE_ARCHIVE} (../shared beside the repo)")
     return UTKFACE_ARCHIVE
+
+
+def write_bomb_png(path: Path, side: int = 20000) -> Path:
+    """A valid grey PNG of ``side`` x ``side`` pixels, all black: 400 million pixels in ~390 KB at 20000
+    (a decompression bomb). Written row by row, so making it takes no memory."""
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    packer = zlib.compressobj(9)
+    row = b"\0" * (1 + side)  # filter byte, then the pixels
+    idat = b"".join(packer.compress(row) for _ in range(side)) + packer.flush()
+    ihdr = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+    return path
+
+
+@pytest.fixture(scope="session")
+def bomb_png(tmp_path_factory) -> Path:
+    """A real 20000 x 20000 PNG bomb (~390 KB; session-wide)."""
+    return write_bomb_png(tmp_path_factory.mktemp("bomb") / "bomb.png")

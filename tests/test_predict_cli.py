@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -68,18 +69,124 @@ def test_csv_and_table(photos, tiny_checkpoint, capsys):
     assert "broken.jpg: ERROR not an image" in capsys.readouterr().out
 
 
-def test_onnx_backend(photos, tiny_checkpoint, capsys):
+def test_backends_and_an_onnx_file_without_flags(photos, tiny_checkpoint, tmp_path, capsys):
     pytest.importorskip("onnxruntime")
-    args = ["predict", str(photos / "astronaut.jpg"), "--model", str(tiny_checkpoint), "--format", "json"]
-    assert main(args) == 0
+    from deepage.inference.export import export_onnx
+
+    args = ["predict", str(photos / "astronaut.jpg"), "--format", "json"]
+    assert main(args + ["--model", str(tiny_checkpoint), "--backend", "torch"]) == 0
     torch_age = _json_lines(capsys.readouterr().out)[0]["faces"][0]["age"]
-    assert main(args + ["--backend", "onnx"]) == 0
-    assert _json_lines(capsys.readouterr().out)[0]["faces"][0]["age"] == pytest.approx(torch_age, abs=0.01)
+    onnx_file = export_onnx(tiny_checkpoint, tmp_path / "m.onnx")
+    for extra in (["--model", str(tiny_checkpoint), "--backend", "onnx"], ["--model", str(tiny_checkpoint)],
+                  ["--model", str(onnx_file)]):  # the backend follows the file: no --backend onnx needed
+        assert main(args + extra) == 0, capsys.readouterr().err
+        assert _json_lines(capsys.readouterr().out)[0]["faces"][0]["age"] == pytest.approx(torch_age, abs=0.01)
 
 
 def test_explain_needs_an_al_resnet(photos, tiny_checkpoint, capsys):
     assert main(["predict", str(photos), "--model", str(tiny_checkpoint), "--explain"]) == 2
     assert "--explain needs a model that reports attended regions" in capsys.readouterr().err
+
+
+def test_a_thin_image_is_one_line(photos, tiny_checkpoint, capsys):
+    cv2.imwrite(str(photos / "strip.png"), np.full((1, 20000, 3), 128, np.uint8))
+    assert main(["predict", str(photos / "strip.png"), "--model", str(tiny_checkpoint)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == (f"{photos / 'strip.png'}: ERROR image too small or too thin: 20000x1 pixels (each "
+                            "side must be at least 16)\n")
+    assert captured.err == ""
+    assert main(["predict", str(photos / "strip.png"), "--model", str(tiny_checkpoint), "--format", "json"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].endswith("strip.png: image too small or too thin: 20000x1 pixels (each side "
+                                             "must be at least 16)")
+
+
+def test_annotated_copies_of_inputs_sharing_a_name_do_not_overwrite(tmp_path, tiny_checkpoint, capsys):
+    rgb = cv2.imread(str(ASTRONAUT))
+    for sub, shift in (("a", 0), ("b", 40)):
+        (tmp_path / sub).mkdir()
+        cv2.imwrite(str(tmp_path / sub / "x.jpg"), np.roll(rgb, shift, axis=1))
+    out = tmp_path / "annotated"
+    inputs = [str(tmp_path / "a" / "x.jpg"), str(tmp_path / "b" / "x.jpg")]
+    assert main(["predict", *inputs, "--model", str(tiny_checkpoint), "--annotate", str(out), "-q"]) == 0
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.jpg")) == ["a/x.jpg", "b/x.jpg"]
+    # two folder arguments holding the same relative name, and one file given twice
+    out2 = tmp_path / "annotated2"
+    assert main(["predict", str(tmp_path / "a"), str(tmp_path / "b"), inputs[0], "--model",
+                 str(tiny_checkpoint), "--annotate", str(out2)]) == 0
+    assert sorted(p.relative_to(out2).as_posix() for p in out2.rglob("*.jpg")) == ["a/x-2.jpg", "a/x.jpg",
+                                                                                   "b/x.jpg"]
+
+
+def test_piped_run_has_no_progress_bar(photos, tiny_checkpoint, capsys):
+    assert main(["predict", str(photos / "crops"), "--model", str(tiny_checkpoint), "--format", "csv"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == "" and len(captured.out.splitlines()) == 2
+
+
+def test_progress_bar_on_a_terminal(photos, tiny_checkpoint, tmp_path, monkeypatch):
+    """stderr on a pseudo-terminal: the bar shows count, rate and ETA; --quiet turns it off."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import termios
+
+    def run(*extra: str) -> str:
+        master, slave = pty.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # rows, columns
+        with open(slave, "w", closefd=True) as tty:
+            monkeypatch.setattr("sys.stderr", tty)
+            main(["predict", str(photos), "--model", str(tiny_checkpoint), "--format", "csv", "-o",
+                  str(tmp_path / f"out{len(extra)}.csv"), *extra])
+            tty.flush()
+        monkeypatch.undo()
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # the slave side is closed: all was read
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        os.close(master)
+        return b"".join(chunks).decode(errors="replace")
+
+    shown = run()
+    assert re.search(r"predict: 100%.*\b3/3 \[.*<00:00.*img/s", shown), shown  # count, ETA, rate
+    quiet = run("--quiet")
+    assert "img/s" not in quiet and "broken.jpg: not an image" in quiet
+
+
+def test_answers_stream_out_and_an_interrupted_run_resumes(photos, tiny_checkpoint, tmp_path, monkeypatch,
+                                                          capsys):
+    from deepage.inference.predictor import Predictor
+
+    out = tmp_path / "ages.csv"
+    args = ["predict", str(photos), "--model", str(tiny_checkpoint), "--format", "csv", "-o", str(out)]
+    original = Predictor.predict_iter
+
+    def interrupted(self, images, **kw):  # the run is killed after its first answer
+        yield next(original(self, images, **kw))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Predictor, "predict_iter", interrupted)
+    assert main(args) == 130
+    assert "interrupted (add --skip-existing to resume)" in capsys.readouterr().err
+    monkeypatch.undo()
+    lines = out.read_text().splitlines()
+    assert len(lines) == 2 and lines[1].startswith(str(photos / "astronaut.jpg"))  # flushed as it was made
+    with open(out, "a") as fh:
+        fh.write(str(photos / "broken.jpg") + ",0,1,2")  # a line cut short by the kill
+
+    assert main(args) == 2  # an existing output is not overwritten by accident
+    assert "--skip-existing" in capsys.readouterr().err
+    assert main(args + ["--skip-existing"]) == 1  # broken.jpg fails again
+    assert "skipped 1 images already in" in capsys.readouterr().err
+    rows = out.read_text().splitlines()
+    assert rows[0].startswith("source,face") and sum(r.startswith("source,") for r in rows) == 1
+    assert sorted(Path(r.split(",")[0]).name for r in rows[1:]) == ["astronaut.jpg", "broken.jpg", "face.png"]
 
 
 def test_missing_model_and_empty_folder(tmp_path, tiny_checkpoint, capsys):

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import struct
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -13,6 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
+import deepage.crops
 import deepage.imageio
 from deepage.imageio import ImageDecodeError
 from deepage.inference import predictor as predictor_module
@@ -202,7 +206,10 @@ def test_model_file_errors(tmp_path, monkeypatch, tiny_checkpoint):
     onnx_file = tmp_path / "m.onnx"
     onnx_file.write_bytes(b"x")
     with pytest.raises(ValueError, match="backend='onnx'"):
-        Predictor.from_checkpoint(onnx_file)
+        Predictor.from_checkpoint(onnx_file, backend="torch")
+    if importlib.util.find_spec("onnxruntime"):  # "auto" reads an .onnx file with ONNX Runtime
+        with pytest.raises(ValueError, match=r"m\.onnx is not a readable ONNX model"):
+            Predictor.from_checkpoint(onnx_file)
     with pytest.raises(ValueError, match="backend must be"):
         Predictor.from_checkpoint(tiny_checkpoint, backend="tensorrt")
     monkeypatch.setattr(predictor_module, "DEFAULT_MODEL", tmp_path / "default_model.pt")
@@ -214,6 +221,61 @@ def test_an_unexpected_decoder_error_is_reported_not_raised(predictor, monkeypat
     def broken(item, name=None):
         raise RuntimeError("decoder exploded")
 
-    monkeypatch.setattr(predictor_module, "load_rgb", broken)
+    monkeypatch.setattr(deepage.crops, "load_rgb", broken)
     (result,) = predictor.predict([ASTRONAUT])
     assert result.error == "unexpected error: RuntimeError: decoder exploded" and result.faces == []
+
+
+# ---- hostile inputs (issue 10) ----------------------------------------------------------------------------
+BOMB_CHECK = """
+import resource, sys
+{first}
+from deepage.inference.predictor import Predictor, load_rgb
+from deepage.imageio import ImageDecodeError
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    load_rgb(sys.argv[1])
+except ImageDecodeError as exc:
+    print("refused:", exc.reason)
+print("peak_mb", (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)
+"""
+
+
+@pytest.mark.parametrize("first", ["import cv2", ""])
+def test_a_real_decompression_bomb_is_refused_before_decoding(bomb_png, first):
+    """A valid 20000 x 20000 PNG of ~390 KB: refused from its header, whatever was imported first (OpenCV
+    before deepage used to decode it in full: 3.1 GB). Run in a fresh process to measure its peak memory."""
+    out = subprocess.run([sys.executable, "-c", BOMB_CHECK.format(first=first), str(bomb_png)],
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    assert "refused: image too large" in out, out
+    peak_mb = float(out.split("peak_mb")[1])
+    assert peak_mb < 300, f"refusing the bomb raised the peak memory by {peak_mb:.0f} MB"
+
+
+@pytest.mark.parametrize("shape", [(1, 20000, 3), (20000, 1, 3), (8, 8, 3)])
+def test_thin_or_tiny_images_are_refused_by_name(predictor, tmp_path, shape):
+    path = tmp_path / "strip.png"
+    Image.fromarray(np.full(shape, 128, np.uint8)).save(path)
+    for detect in (True, False):
+        (result,) = predictor.predict([path], detect=detect)
+        assert result.error == (f"image too small or too thin: {shape[1]}x{shape[0]} pixels (each side must "
+                                "be at least 16)") and result.faces == []
+
+
+def test_predict_iter_streams_in_order_and_workers_agree(tiny_checkpoint, tmp_path):
+    """Batches mix crops of several images; worker processes give the same answers, in input order."""
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not a photo")
+    crop = np.asarray(Image.open(ASTRONAUT).convert("RGB"))[60:200, 160:290]
+    items = [ASTRONAUT, bad, crop] * 12  # 36 images: more than one model batch
+    with Predictor.from_checkpoint(tiny_checkpoint, workers=1) as one:
+        stream = one.predict_iter(items)
+        first = next(stream)
+        assert first.source == str(ASTRONAUT) and len(first.faces) == 1
+        serial = [first, *stream]
+    with Predictor.from_checkpoint(tiny_checkpoint, workers=2) as two:
+        parallel = two.predict(items)
+    assert [r.source for r in parallel] == [r.source for r in serial]
+    assert [r.error for r in parallel] == [r.error for r in serial]
+    assert [f.age for r in parallel for f in r.faces] == pytest.approx([f.age for r in serial for f in r.faces],
+                                                                       abs=1e-5)

@@ -7,6 +7,7 @@ an app from :func:`deepage.inference.server.create_app` and a predictor loaded f
 from __future__ import annotations
 
 import io
+import logging
 import re
 import socket
 import struct
@@ -21,6 +22,7 @@ import pytest
 import uvicorn
 from PIL import Image
 
+import deepage
 from deepage.inference.server import create_app
 
 ASTRONAUT = Path(__file__).resolve().parents[1] / "deepage" / "assets" / "astronaut.jpg"
@@ -125,12 +127,13 @@ def assert_json_error(response: httpx.Response, status: int, pattern: str) -> No
     assert re.search(pattern, body["error"], re.IGNORECASE), body["error"]
 
 
-def test_healthz_names_the_model(live, tiny_checkpoint):
+def test_healthz_names_the_model_but_no_path(live, tiny_checkpoint):
     r = httpx.get(f"{live.url}/healthz")
     assert r.status_code == 200
     body = r.json()
-    assert body["status"] == "ok"
-    assert body["model"] == str(tiny_checkpoint)
+    assert body["status"] == "ok" and body["version"] == deepage.__version__
+    assert body["model"]["model_file"] == "best.pt" and body["model"]["model"] == "mobilenet_v2_tiny"
+    assert str(tiny_checkpoint.parent) not in r.text  # the server's folders are nobody's business
     assert body["max_upload_bytes"] == 128 * 1024 and body["in_flight"] == 0
 
 
@@ -275,6 +278,82 @@ def test_server_survives_a_barrage_of_bad_input(predictor, photo):
         assert post_file(server.url, photo).status_code == 200
 
 
+def _raw(url: str, head: str, body: bytes = b"", timeout: float = 5.0, close_after_send: bool = False) -> bytes:
+    """Send ``head`` (request line and headers, CRLF-joined) and ``body`` on a raw socket; the reply's first
+    bytes (b"" when ``close_after_send``: the client hangs up mid-request)."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+        sock.sendall(head.replace("\n", "\r\n").encode() + b"\r\n\r\n" + body)
+        if close_after_send:
+            return b""
+        return sock.recv(65536)
+
+
+def _post_head(length: int, content_type: str = "image/jpeg") -> str:
+    return f"POST /predict HTTP/1.1\nHost: test\nContent-Type: {content_type}\nContent-Length: {length}"
+
+
+def test_an_oversized_upload_is_refused_from_its_header_alone(live):
+    """413 on the declared length: the 1 GB body is never sent, and the answer does not wait for it."""
+    t = time.monotonic()
+    reply = _raw(live.url, _post_head(10**9))
+    assert reply.startswith(b"HTTP/1.1 413") and time.monotonic() - t < 3, reply[:200]
+
+
+def test_busy_server_refuses_before_reading_the_body(predictor, photo):
+    """Admission comes before the upload: a client beyond the limit gets 503 at once, although it has not
+    sent (and never sends) its body; uploads held in memory stay under the limit x the upload cap."""
+    blocking = BlockingPredictor(predictor)
+    with LiveServer(create_app(blocking, max_concurrency=1)) as server:
+        first: dict = {}
+        worker = threading.Thread(target=lambda: first.update(r=post_file(server.url, photo)))
+        worker.start()
+        try:
+            assert blocking.entered.wait(10), "the first request never reached the predictor"
+            t = time.monotonic()
+            replies = [_raw(server.url, _post_head(5 * 2**20)) for _ in range(5)]
+            assert all(r.startswith(b"HTTP/1.1 503") for r in replies), replies
+            assert time.monotonic() - t < 5
+        finally:
+            blocking.release.set()
+            worker.join(30)
+        assert first["r"].status_code == 200
+        assert httpx.get(f"{server.url}/healthz").json()["rejected_busy"] == 5
+
+
+@pytest.mark.parametrize("content_type", ["image/jpeg", "multipart/form-data; boundary=xyz"])
+def test_a_client_gone_mid_upload_is_one_log_line(live, caplog, content_type):
+    caplog.set_level(logging.INFO)
+    before = httpx.get(f"{live.url}/healthz").json()["client_gone"]
+    part = (b'--xyz\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\n'
+            b"Content-Type: image/jpeg\r\n\r\n")
+    _raw(live.url, _post_head(100_000, content_type), part + b"\0" * 1000, close_after_send=True)
+    deadline = time.monotonic() + 10
+    while httpx.get(f"{live.url}/healthz").json()["client_gone"] == before:
+        assert time.monotonic() < deadline, "the disconnect was not noticed"
+        time.sleep(0.05)
+    ours = [r for r in caplog.records if r.name.startswith("deepage")]
+    assert [r.getMessage() for r in ours] == ["client 127.0.0.1 disconnected during the upload; request dropped"]
+    assert all(r.exc_info is None for r in caplog.records), [r.getMessage() for r in caplog.records]
+    assert httpx.get(f"{live.url}/healthz").json()["in_flight"] == 0  # its slot was given back
+
+
+def test_a_real_bomb_and_a_thin_strip_are_415_at_once(predictor, bomb_png, photo):
+    """A valid 20000 x 20000 PNG (~390 KB) is refused from its header (it used to take 3.2 GB and 4 s), and a
+    1 x 20000 strip gets a 415 naming the problem (it used to be a 500)."""
+    with LiveServer(create_app(predictor)) as server:
+        t = time.monotonic()
+        r = httpx.post(f"{server.url}/predict", content=bomb_png.read_bytes(),
+                       headers={"content-type": "image/png"}, timeout=30)
+        assert_json_error(r, 415, r"too large")
+        assert time.monotonic() - t < 3
+        strip = io.BytesIO()
+        Image.fromarray(np.full((1, 20000, 3), 128, np.uint8)).save(strip, "PNG")
+        assert_json_error(post_file(server.url, strip.getvalue(), name="strip.png", mime="image/png"), 415,
+                          r"could not read strip\.png: image too small or too thin: 20000x1 pixels")
+        assert post_file(server.url, photo).status_code == 200
+
+
 class CrashingPredictor:
     """A predictor with a bug: every call raises."""
 
@@ -297,6 +376,13 @@ def test_page_and_its_assets_are_local(live):
     page = httpx.get(f"{live.url}/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert "default-src 'self'" in page.headers["content-security-policy"]
+    assert page.headers["x-content-type-options"] == "nosniff"
+    # The page has one address: its copy under /static redirects there, so it never comes without its CSP.
+    other = httpx.get(f"{live.url}/static/index.html")
+    assert other.status_code == 308 and other.headers["location"] == "/"
+    for asset in ("static/app.js", "static/style.css"):
+        headers = httpx.get(f"{live.url}/{asset}").headers
+        assert headers["x-content-type-options"] == "nosniff" and "content-security-policy" in headers
     assert not re.search(r"(src|href)=\"(https?:)?//", page.text), "the page must not load anything external"
     for asset in ("static/app.js", "static/style.css"):
         r = httpx.get(f"{live.url}/{asset}")
@@ -332,7 +418,7 @@ def test_web_page_in_headless_chromium(live, photo, tmp_path):
             page.goto(f"{live.url}/")
             # A locator waits in Playwright's own script world: a string predicate (wait_for_function) is eval'd
             # in the page, which the page's Content-Security-Policy (script-src 'self') refuses once it polls.
-            page.locator("#model", has_text="best.pt").wait_for()
+            page.locator("#model", has_text="mobilenet_v2_tiny (best.pt)").wait_for()
 
             page.set_input_files("#file", str(photo_path))
             page.wait_for_selector("body[data-state=done]", timeout=30_000)
@@ -371,6 +457,10 @@ def test_web_page_in_headless_chromium(live, photo, tmp_path):
             page.wait_for_selector("body[data-state=error]", timeout=30_000)
             assert "could not read notes.txt: not an image" in page.text_content("#status")
             assert "HTTP 415" in page.text_content("#status")
+            # ... and nothing of the previous photo stays on screen to be read as this file's answer.
+            assert page.locator("#result").is_hidden()
+            assert page.text_content("#age") == "" and page.locator(".chart").count() == 0
+            assert page.evaluate("window.deepage.result") is None
         finally:
             browser.close()
     assert all(u.startswith(live.url) or u.startswith(("blob:", "data:")) for u in requests), requests

@@ -5,15 +5,15 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from deepage.answers import head_output
 from deepage.checkpoint import model_from_checkpoint
-from deepage.evaluation.predictions import predict_output
 from deepage.inference.predictor import Predictor
 
 
 def test_tta_averages_the_mirror_image(tiny_checkpoint):
     model = model_from_checkpoint(tiny_checkpoint)
     x = torch.randn(3, 3, 32, 32)
-    out = predict_output(model, x, tta_flip=True)
+    out = head_output(model, model.predict, x, tta_flip=True)
     age, probs = out.age, out.class_probs
     with torch.no_grad():
         a = model.predict(model(x))

@@ -44,6 +44,7 @@ import h5py
 import numpy as np
 
 from .. import __version__
+from ..faces import NoFaceError
 from ..imageio import RESIZE_METHOD, ImageDecodeError, content_hash, decode_image, perceptual_hash, square_resize
 from .sources import (
     LABEL_FORMATS,
@@ -109,7 +110,7 @@ def process_entry(entry: Entry, size: int, align: Callable | None = None, label_
         image = square_resize(rgb, size)
         return ("ok", entry.name, image, labels.age, labels.gender, labels.race,
                 content_hash(entry.data), perceptual_hash(image))
-    except (ImageDecodeError, LabelParseError) as exc:
+    except (ImageDecodeError, LabelParseError, NoFaceError) as exc:
         return ("skip", entry.name, getattr(exc, "reason", str(exc)))
     except Exception as exc:  # noqa: BLE001 - one odd file must never stop an ingest
         return ("skip", entry.name, f"unexpected error: {type(exc).__name__}: {exc}")
@@ -376,7 +377,7 @@ def ingest(
     """Read every image of ``source`` into ``output`` (HDF5), resumable; see the module docstring.
 
     ``workers`` processes decode in parallel (default: all cores). ``align`` runs the face aligner of
-    :mod:`deepage.inference.faces` on each image first, for in-the-wild photos. ``label_format``: how
+    :mod:`deepage.faces` on each image first, for in-the-wild photos. ``label_format``: how
     labels are read from file names (``utkface`` or ``fgnet``, see :data:`~deepage.data.sources.LABEL_FORMATS`)
     unless ``labels_csv`` gives them. Files over ``max_file_mb`` (declared size) are skipped unread.
     ``progress`` is called with the number of entries done after each block.
@@ -417,7 +418,7 @@ def _ingest_entries(source: Path, labels_csv: Path | None, size: int, workers: i
     commit them block by block."""
     aligner = None
     if align:
-        from ..inference.faces import FaceAligner  # imported lazily: only --align needs the detector
+        from ..faces import FaceAligner  # imported lazily: only --align needs the detector
 
         aligner = FaceAligner(output_size=max(size, 200)).align_largest
     work = partial(process_entry, size=size, align=aligner, label_format=label_format)

@@ -22,10 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from ..imageio import IMAGE_SUFFIXES  # one list for ingest and predict
+
 __all__ = ["Entry", "Labels", "parse_utkface_name", "parse_fgnet_name", "parse_name", "LABEL_FORMATS",
            "iter_entries", "check_source", "IMAGE_SUFFIXES", "LabelParseError", "MAX_FILE_MB", "UNKNOWN"]
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 MAX_VALID_AGE = 120
 UNKNOWN = -1
 """The gender / race code stored where the source does not say (FG-NET, a CSV without those columns)."""

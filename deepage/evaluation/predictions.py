@@ -8,11 +8,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..answers import answer_batch
 from ..data.loader import Batch
-from ..models.heads import INTERVAL_QUANTILES, HeadOutput, age_quantiles, average_outputs
 from ..models.registry import AgeModel
 
-__all__ = ["Predictions", "collect_predictions", "predict_output"]
+__all__ = ["Predictions", "collect_predictions"]
 
 
 @dataclass
@@ -33,17 +33,6 @@ class Predictions:
 
 
 @torch.no_grad()
-def predict_output(model: AgeModel, x: torch.Tensor, tta_flip: bool = False) -> HeadOutput:
-    """``(B, 3, H, W)`` normalised input → the head's answer; ``tta_flip`` averages the predictions for the
-    image and its mirror image."""
-    out = model.predict(model(x))
-    if tta_flip:
-        out = average_outputs(out, model.predict(model(torch.flip(x, dims=[3]))))
-    return out
-
-
-
-@torch.no_grad()
 def collect_predictions(model: AgeModel, batches: Iterable[Batch], device: str | torch.device = "cpu",
                         tta_flip: bool = False, channels_last: bool = False) -> Predictions:
     """Predictions for every batch (the loader must not drop the last partial batch)."""
@@ -54,16 +43,15 @@ def collect_predictions(model: AgeModel, batches: Iterable[Batch], device: str |
         x = batch.x.to(device)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        out = predict_output(model, x, tta_flip)
-        if out.age_probs is not None:
-            p = out.age_probs.float().cpu().numpy()
-            intervals.append(np.stack([age_quantiles(p, q) for q in INTERVAL_QUANTILES], axis=1))
+        out = answer_batch(model, model.predict, x, tta_flip)  # the Predictor's answer path too
+        if out.age_interval is not None:
+            intervals.append(out.age_interval)
         ages_true.append(batch.age.numpy())
         index.append(batch.index.numpy())
         if out.age is not None:
-            ages_pred.append(out.age.float().cpu().numpy())
+            ages_pred.append(out.age)
         for k, v in out.class_probs.items():
-            probs.setdefault(k, []).append(v.float().cpu().numpy())
+            probs.setdefault(k, []).append(v)
     cat = np.concatenate
     return Predictions(
         age_true=cat(ages_true) if ages_true else np.zeros(0),

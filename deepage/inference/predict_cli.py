@@ -1,31 +1,36 @@
-"""``deepage predict``: ages for every face in photos (files or folders), printed as each photo is done.
+"""``deepage predict``: ages for every face in photos (files or folders), written as each photo is done.
 
 Formats: ``table`` (readable), ``json`` (one JSON object per photo per line: :meth:`ImagePrediction.to_dict`),
-``csv`` (one row per face). A file that cannot be read is reported with its reason and the run goes on; the
-exit status is 1 if any file failed, else 0. ``--annotate DIR`` writes a copy of each photo with boxes and
-ages drawn (and the attended regions with ``--explain``).
+``csv`` (one row per face). Each answer is flushed as soon as it is made, so an interrupted run keeps what
+it wrote, and ``--output FILE --skip-existing`` resumes it. A progress bar (count, rate, ETA) goes to stderr
+when stderr is a terminal (``--quiet``: never). A file that cannot be read is reported with its reason in
+one line and the run goes on; the exit status is 1 if any file failed, else 0. ``--annotate DIR`` writes
+one copy of each photo with boxes and ages drawn (and the attended regions with ``--explain``), under a
+distinct name even when two inputs share one.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
+import os
 import sys
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import TextIO
 
 import cv2
 import numpy as np
 
-from ..imageio import ImageDecodeError
+from ..imageio import IMAGE_SUFFIXES, ImageDecodeError
 from .predictor import ImagePrediction, Predictor, load_rgb
 
-__all__ = ["run_predict", "iter_image_paths", "annotate", "IMAGE_SUFFIXES", "CSV_COLUMNS"]
+__all__ = ["run_predict", "iter_image_paths", "annotate", "unique_names", "done_sources", "CSV_COLUMNS",
+           "FORMATS"]
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+FORMATS = ("table", "json", "csv")
 CSV_COLUMNS = ["source", "face", "x0", "y0", "x1", "y1", "age", "age_low", "age_high", "utk14", "utk14_p",
                "utk8", "utk8_p", "detection_score", "error"]
 
@@ -66,9 +71,7 @@ def annotate(rgb: np.ndarray, result: ImagePrediction) -> np.ndarray:
     return out
 
 
-def _write_annotated(out_dir: Path, rel: Path, rgb: np.ndarray, result: ImagePrediction) -> Path:
-    suffix = rel.suffix.lower() if rel.suffix.lower() in IMAGE_SUFFIXES else ".jpg"
-    target = out_dir / rel.with_suffix(suffix)
+def _write_annotated(target: Path, rgb: np.ndarray, result: ImagePrediction) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     if not cv2.imwrite(str(target), cv2.cvtColor(annotate(rgb, result), cv2.COLOR_RGB2BGR)):
         raise OSError(f"could not write {target}")
@@ -120,48 +123,128 @@ def _render(result: ImagePrediction, fmt: str) -> str:
     return "\n".join(_table_lines(result))
 
 
-def run_predict(args: argparse.Namespace) -> int:
-    """Run ``deepage predict`` (flags: see :func:`deepage.cli.build_parser`). Returns the exit status."""
+def unique_names(files: list[tuple[Path, Path]]) -> list[Path]:
+    """One distinct relative name per input file, for the annotated copies: the name inside its folder
+    argument (``photos/a/x.jpg`` → ``a/x.jpg``); with several arguments, the path below their common folder
+    (``a/x.jpg`` and ``b/x.jpg`` stay apart); a name met twice anyway gets ``-2``, ``-3``, ... ."""
+    names = [rel for _, rel in files]
+    args_roots = {path.resolve().parents[len(rel.parts) - 1] for path, rel in files}
+    if len(args_roots) > 1:
+        common = Path(os.path.commonpath([str(r) for r in args_roots]))
+        names = [path.resolve().relative_to(common) for path, _ in files]
+    seen: set[str] = set()
+    out = []
+    for name in names:
+        suffix = name.suffix.lower() if name.suffix.lower() in IMAGE_SUFFIXES else ".jpg"
+        candidate, k = name.with_suffix(suffix), 1
+        while str(candidate).lower() in seen:  # lower: one file on a case-insensitive disk
+            k += 1
+            candidate = name.with_name(f"{name.stem}-{k}{suffix}")
+        seen.add(str(candidate).lower())
+        out.append(candidate)
+    return out
+
+
+def done_sources(path: Path) -> set[str]:
+    """The ``source`` of every image already written to ``path`` (CSV with a header, or JSON lines) by an
+    earlier run. A line cut short by a kill is removed from the file, so appending continues cleanly."""
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        data = data[: data.rfind(b"\n") + 1]
+        path.write_bytes(data)
+    text = data.decode("utf-8")
+    if not text.strip():
+        return set()
+    if text.lstrip().startswith("{"):
+        sources = set()
+        for line in text.splitlines():
+            if line.strip():
+                sources.add(json.loads(line)["source"])
+        return sources
+    rows = csv.reader(io.StringIO(text))
+    if next(rows, None) != CSV_COLUMNS:
+        raise ValueError(f"{path} is neither this command's CSV (header {','.join(CSV_COLUMNS)}) nor JSON lines")
+    return {row[0] for row in rows if row}
+
+
+def _open_output(output: Path | None, fmt: str, skip_existing: bool) -> tuple[TextIO, set[str], bool]:
+    """The stream results go to, the sources to skip, and whether the CSV header is still to be written."""
+    if output is None:
+        if skip_existing:
+            raise ValueError("--skip-existing needs --output FILE (the file of an earlier run)")
+        return sys.stdout, set(), True
+    if skip_existing and fmt == "table":
+        raise ValueError("--skip-existing needs --format csv or json (the table cannot be read back)")
+    if output.exists() and output.stat().st_size > 0:
+        if not skip_existing:
+            raise FileExistsError(f"{output} exists: pass --skip-existing to resume that run, or remove it")
+        done = done_sources(output)
+        return open(output, "a", encoding="utf-8", newline=""), done, False
+    output.parent.mkdir(parents=True, exist_ok=True)
+    return open(output, "w", encoding="utf-8", newline=""), set(), True
+
+
+def run_predict(paths: list[str | Path], model: str | Path | None = None, fmt: str = "table",
+                annotate_dir: str | Path | None = None, detect: bool = True, explain: bool = False,
+                backend: str = "auto", tta: bool = False, workers: int = 1, output: str | Path | None = None,
+                skip_existing: bool = False, progress: bool | None = None) -> int:
+    """``deepage predict``: answer every image of ``paths`` (files, folders searched recursively) and write
+    each answer as it is made, flushed (``fmt``: ``table``, ``json`` lines or ``csv``), to ``output`` or
+    stdout. ``skip_existing``: resume into ``output``, skipping the images already in it. ``progress``: a bar
+    with count, rate and ETA on stderr (``None``: when stderr is a terminal). Returns the exit status: 0,
+    1 if any image failed or none was found, 2 for a bad request (raised as ``ValueError``)."""
     from tqdm import tqdm
 
-    if args.model:
-        predictor = Predictor.from_checkpoint(args.model, backend=args.backend, detect=not args.no_detect,
-                                              tta=args.tta)
-    else:
-        predictor = Predictor.default(backend=args.backend, detect=not args.no_detect, tta=args.tta)
-    if args.explain and not predictor.can_explain:
-        print(f"deepage predict: --explain needs a model that reports attended regions (AL-ResNet, torch "
-              f"backend); {predictor.checkpoint_path} is {predictor.spec.name!r} with the "
-              f"{predictor.backend} backend", file=sys.stderr)
-        return 2
-    out_dir = Path(args.annotate) if args.annotate else None
-    files = list(iter_image_paths(args.paths))
-    failed = 0
-
-    def emit(text: str) -> None:
-        tqdm.write(text, file=sys.stdout)
-        sys.stdout.flush()
-
-    if args.format == "csv":
-        emit(",".join(CSV_COLUMNS))
-    with tqdm(files, desc="predict", unit="img", file=sys.stderr, disable=not sys.stderr.isatty()) as bar:
-        for path, rel in bar:
-            try:
-                rgb, name = load_rgb(path)
-                result = replace(predictor.predict_one(rgb, explain=args.explain), source=name)
-                if out_dir is not None:
-                    _write_annotated(out_dir, rel, rgb, result)
-            except (ImageDecodeError, OSError) as exc:
-                result = ImagePrediction(str(path), 0, 0, [], error=getattr(exc, "reason", None) or str(exc))
-            except Exception as exc:  # noqa: BLE001 - one odd file (a decoder's own error) must not stop the run
-                reason = f"unexpected error: {type(exc).__name__}: {exc}"
-                result = ImagePrediction(str(path), 0, 0, [], error=reason)
-            if result.error:
-                failed += 1
-                if args.format != "table":  # the table already says it on stdout
-                    print(f"deepage predict: {result.source}: {result.error}", file=sys.stderr)
-            emit(_render(result, args.format))
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+    files = list(iter_image_paths(paths))
     if not files:
-        print("deepage predict: no image files found in " + ", ".join(map(str, args.paths)), file=sys.stderr)
+        print("deepage predict: no image files found in " + ", ".join(map(str, paths)), file=sys.stderr)
         return 1
-    return 1 if failed else 0
+    out, done, header = _open_output(Path(output) if output else None, fmt, skip_existing)
+    try:
+        kw = {"backend": backend, "detect": detect, "tta": tta, "workers": workers}
+        with (Predictor.from_checkpoint(model, **kw) if model else Predictor.default(**kw)) as predictor:
+            if explain and not predictor.can_explain:
+                print(f"deepage predict: --explain needs a model that reports attended regions (AL-ResNet, "
+                      f"from its .pt checkpoint); {predictor.checkpoint_path} is {predictor.spec.name!r}",
+                      file=sys.stderr)
+                return 2
+            names = unique_names(files)
+            todo = [(path, name) for (path, _), name in zip(files, names, strict=True) if str(path) not in done]
+            show = sys.stderr.isatty() if progress is None else progress
+            to_terminal = out is sys.stdout and sys.stdout.isatty()
+
+            def emit(text: str) -> None:
+                if to_terminal:
+                    tqdm.write(text, file=out)  # clears the bar first, then redraws it below
+                else:
+                    out.write(text + "\n")
+                out.flush()  # every answer is on disk (or down the pipe) before the next image starts
+
+            if fmt == "csv" and header:
+                emit(",".join(CSV_COLUMNS))
+            failed = 0
+            bar = tqdm(total=len(todo), desc="predict", unit="img", file=sys.stderr, disable=not show,
+                       dynamic_ncols=True)
+            with bar:
+                results = predictor.predict_iter([path for path, _ in todo], explain=explain)
+                for (path, name), result in zip(todo, results, strict=True):
+                    if annotate_dir is not None and not result.error:
+                        try:
+                            _write_annotated(Path(annotate_dir) / name, load_rgb(path)[0], result)
+                        except (ImageDecodeError, OSError) as exc:
+                            result = replace(result, error=f"annotated copy: {getattr(exc, 'reason', exc)}")
+                    if result.error:
+                        failed += 1
+                        if fmt != "table" or out is not sys.stdout:  # the table on stdout already says it
+                            bar.write(f"deepage predict: {result.source}: {result.error}", file=sys.stderr)
+                    emit(_render(result, fmt))
+                    bar.update()
+            if done:
+                print(f"deepage predict: skipped {len(files) - len(todo)} images already in {output}",
+                      file=sys.stderr)
+            return 1 if failed else 0
+    finally:
+        if out is not sys.stdout:
+            out.close()

@@ -1,9 +1,10 @@
 """The prediction API: ``Predictor.from_checkpoint(path).predict(images)`` → small result dataclasses.
 
-Per image: decode (EXIF orientation applied, **RGB**), find every face and cut its UTKFace-style chip
-(:mod:`deepage.inference.faces`), turn the chips into a batch with the checkpoint's own preprocessing
-(:func:`deepage.preprocessing.images_to_batch`, exactly as in training), run the model (PyTorch or ONNX
-Runtime) and read the answer with the model head's ``predict``.
+Per image (:mod:`deepage.crops`, in worker processes with ``workers > 1``): decode (EXIF orientation
+applied, **RGB**), find every face and cut its UTKFace-style chip (:mod:`deepage.faces`), resized as ingest
+resized the training images. Then, on batches of crops from several images: the checkpoint's own
+preprocessing (:func:`deepage.preprocessing.prepare_batch`, exactly as in training), the model (PyTorch or
+ONNX Runtime) and :func:`deepage.answers.answer_batch`, the answer path evaluation uses too.
 
 >>> predictor = Predictor.from_checkpoint("runs/mobilenet_v2_dex/best.pt")   # doctest: +SKIP
 >>> result = predictor.predict_one("photo.jpg")                             # doctest: +SKIP
@@ -13,31 +14,42 @@ Runtime) and read the answer with the model head's ``predict``.
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import logging
+import multiprocessing as mp
 import threading
-from dataclasses import dataclass, field
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
+from ..answers import INTERVAL_QUANTILES, Answers, answer_batch
 from ..checkpoint import load_checkpoint, model_from_checkpoint
-from ..imageio import ImageDecodeError, decode_image, to_rgb_uint8
+from ..crops import Crop, CropMaker, PreparedImage, init_worker, load_rgb, worker_prepare
+from ..faces import FaceAligner
 from ..labels import get_scheme
-from ..models.heads import INTERVAL_QUANTILES, HeadOutput, age_quantiles, average_outputs, create_head
+from ..models.heads import create_head
 from ..models.registry import ModelSpec
-from ..preprocessing import Preprocessing, images_to_batch
-from .faces import FaceAligner
+from ..preprocessing import Preprocessing, input_to_stored, prepare_batch
 
 __all__ = ["Predictor", "ImagePrediction", "FacePrediction", "GroupPrediction", "load_rgb", "DEFAULT_MODEL",
-           "INTERVAL_QUANTILES", "BACKENDS"]
+           "INTERVAL_QUANTILES", "BACKENDS", "resolve_backend"]
+
+log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "assets" / "default_model.pt"
 """The bundled model that :meth:`Predictor.default` loads."""
 
-BACKENDS = ("torch", "onnx")
+BACKENDS = ("auto", "torch", "onnx")
 BATCH_SIZE = 32
+"""Face crops per model call: crops of several images go through the model together."""
 
 
 @dataclass(frozen=True)
@@ -98,45 +110,12 @@ class ImagePrediction:
                 "faces": [f.to_dict() for f in self.faces], "error": self.error}
 
 
-# ---- image loading ------------------------------------------------------------------------------------
-def load_rgb(image, name: str | None = None) -> tuple[np.ndarray, str]:
-    """Any accepted input → ``((H, W, 3) uint8 RGB, source name)``.
-
-    Accepts a path (``str``/``Path``), encoded ``bytes``, a PIL image (EXIF orientation applied) or an array
-    ``(H, W)``, ``(H, W, 3)`` **RGB** or ``(H, W, 4)`` RGBA (uint8, uint16 or float in [0, 1]).
-    Raises :class:`ImageDecodeError` (naming the file) for unreadable, oversized or non-image data.
-    """
-    if isinstance(image, (str, Path)):
-        path = Path(image)
-        name = name or str(path)
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            raise ImageDecodeError(name, "file not found") from None
-        except OSError as exc:
-            raise ImageDecodeError(name, f"cannot read ({exc.strerror or exc})") from exc
-        return decode_image(data, name), name
-    if isinstance(image, (bytes, bytearray, memoryview)):
-        name = name or "<bytes>"
-        return decode_image(bytes(image), name), name
-    if isinstance(image, Image.Image):
-        return to_rgb_uint8(image), name or "<PIL image>"
-    if isinstance(image, np.ndarray):
-        name = name or "<array>"
-        try:
-            return to_rgb_uint8(image), name
-        except ValueError as exc:
-            raise ImageDecodeError(name, str(exc)) from exc
-    raise ImageDecodeError(name or "<input>", f"unsupported input type {type(image).__name__} (give a path, "
-                                              "bytes, a PIL image or an (H, W[, 3|4]) RGB array)")
-
-
-def _as_list(images) -> list:
+def _as_iterable(images) -> Iterable:
     if isinstance(images, (str, Path, bytes, bytearray, memoryview, Image.Image)):
         return [images]
     if isinstance(images, np.ndarray):
         return list(images) if images.ndim == 4 else [images]  # (N, H, W, C): a batch of images
-    return list(images)
+    return images
 
 
 # ---- reading the model's answer -----------------------------------------------------------------------
@@ -150,47 +129,67 @@ def _class_names(head: torch.nn.Module, scheme: str) -> tuple[str, ...]:
 def _input_box_to_crop(box, pre: Preprocessing, crop_shape: tuple[int, int]) -> np.ndarray:
     """Corners ``(4, 2)`` in crop pixels of a box ``(x0, y0, x1, y1)`` given in model-input pixels."""
     x0, y0, x1, y1 = (float(v) for v in box)
-    corners = np.array([(x0, y0), (x1, y0), (x1, y1), (x0, y1)])
-    n = pre.input_size
-    # model input → stored square (eval transform: the central crop_pct, see preprocessing._affine)
-    stored = (pre.crop_pct * (2 * corners / n - 1) + 1) * pre.stored_size / 2
+    stored = input_to_stored(np.array([(x0, y0), (x1, y0), (x1, y1), (x0, y1)]), pre)
     # stored square → crop (square_resize: central square, then resize)
     h, w = crop_shape
     side = min(h, w)
     return stored * side / pre.stored_size + np.array([(w - side) // 2, (h - side) // 2])
 
 
-@dataclass
-class _Crop:
-    image_index: int
-    crop: np.ndarray  # (h, w, 3) uint8 RGB: what the model sees (after resizing)
-    to_image: np.ndarray  # (2, 3) affine: crop pixels → image pixels
-    box: tuple[int, int, int, int]
-    score: float | None
-    regions: list = field(default_factory=list)
+def resolve_backend(path: Path, backend: str, device: str = "cpu") -> str:
+    """``"torch"`` or ``"onnx"`` for a model file. ``"auto"``: ONNX Runtime for an ``.onnx`` file, and for a
+    ``.pt`` checkpoint on the CPU when onnxruntime is installed (the bundled model runs ~5x faster on it
+    than in PyTorch on this project's 2-core machine: BatchNorm folded into the convolutions), else torch."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend != "auto":
+        return backend
+    if path.suffix.lower() == ".onnx":
+        return "onnx"
+    have_ort = all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxruntime"))
+    return "onnx" if have_ort and str(device) == "cpu" else "torch"
+
+
+def _ordered_map(executor, fn, items: Iterable, ahead: int) -> Iterator:
+    """``executor.map(fn, items)`` with at most ``ahead`` items in flight, so that a long run holds a
+    bounded number of decoded crops (``Executor.map`` submits every item at once)."""
+    pending: deque[Future] = deque()
+    for item in items:
+        pending.append(executor.submit(fn, item))
+        if len(pending) >= ahead:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
 
 
 class Predictor:
-    """A model ready to answer: ``predict`` / ``predict_one`` take photos and return :class:`ImagePrediction`.
+    """A model ready to answer: ``predict`` / ``predict_iter`` / ``predict_one`` take photos and return
+    :class:`ImagePrediction`.
 
     Build with :meth:`from_checkpoint` (a ``.pt`` checkpoint or an ``.onnx`` file from ``deepage export``) or
     :meth:`default`. ``detect``: find faces (default) or treat each whole image as one face crop.
-    Safe to share between threads (calls are serialised).
+    ``workers``: processes that decode images and find faces (1: in this process); the model runs here, on
+    batches of :data:`BATCH_SIZE` crops from several images. Safe to share between threads (model calls are
+    serialised). A predictor with ``workers > 1`` holds a process pool: :meth:`close` it (or use ``with``).
     """
 
     def __init__(self, spec: ModelSpec, checkpoint_path: Path, backend: str,
                  model: torch.nn.Module | None = None, session=None, detect: bool = True, device: str = "cpu",
-                 metadata: dict | None = None, aligner: FaceAligner | None = None, tta: bool = False) -> None:
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+                 aligner: FaceAligner | None = None, tta: bool = False, workers: int = 1) -> None:
+        if backend not in ("torch", "onnx"):
+            raise ValueError(f"backend must be 'torch' or 'onnx' here (resolve 'auto' first), got {backend!r}")
+        if (session if backend == "onnx" else model) is None:
+            raise ValueError(f"the {backend} backend needs {'an ONNX session' if backend == 'onnx' else 'a model'}")
+        if workers < 1:
+            raise ValueError(f"workers must be at least 1, got {workers}")
         self.spec = spec
         self.checkpoint_path = Path(checkpoint_path)
         self.backend = backend
         self.detect = detect
         self.tta = tta  # average each face with its mirror image (2x the model cost)
         self.device = torch.device(device)
-        self.metadata = metadata or {}
-        self._model = model
+        self.workers = int(workers)
+        self._model = model  # kept with the onnx backend too (from a .pt): attended regions need it
         self._session = session
         # The head turns logits into ages and groups; it has no weights that predict uses, so for ONNX a
         # freshly built one answers exactly as the trained one does.
@@ -198,45 +197,45 @@ class Predictor:
                                                                        **spec.head_kwargs)
         self._head.eval()
         self.aligner = aligner or FaceAligner(output_size=200)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # model calls
+        self._pool_lock = threading.Lock()
+        self._pool: ProcessPoolExecutor | None = None
 
     # ---- construction --------------------------------------------------------------------------------
     @classmethod
-    def from_checkpoint(cls, path: str | Path, backend: str = "torch", detect: bool = True,
-                        device: str = "cpu", tta: bool = False) -> Predictor:
-        """Load a ``.pt`` checkpoint (either backend: for ``onnx`` it is exported in memory) or an ``.onnx``
-        file written by ``deepage export`` (``onnx`` backend only; its spec is read from the file)."""
+    def from_checkpoint(cls, path: str | Path, backend: str = "auto", detect: bool = True,
+                        device: str = "cpu", tta: bool = False, workers: int = 1) -> Predictor:
+        """Load a ``.pt`` checkpoint or an ``.onnx`` file written by ``deepage export`` (its spec is read from
+        the file). ``backend``: ``"auto"`` (see :func:`resolve_backend`), ``"torch"`` or ``"onnx"`` (a
+        ``.pt`` is then exported in memory, ~1 s)."""
         path = Path(path)
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        wanted = backend
+        backend = resolve_backend(path, backend, device)
         if not path.is_file():
             raise FileNotFoundError(f"model file {path} not found")
+        kw = {"detect": detect, "device": device, "tta": tta, "workers": workers}
         if path.suffix.lower() == ".onnx":
             if backend != "onnx":
-                raise ValueError(f"{path} is an ONNX file: use backend='onnx' (--backend onnx), or give "
-                                 "the .pt checkpoint for the torch backend")
-            from .export import FORMAT_KEY, SPEC_KEY, onnx_session
+                raise ValueError(f"{path} is an ONNX file: use backend='onnx' or 'auto' (--backend onnx), or "
+                                 "give the .pt checkpoint for the torch backend")
+            session = _onnx_file_session(path)
+            return cls(_spec_of_onnx(session, path), path, "onnx", session=session, **kw)
+        model = model_from_checkpoint(load_checkpoint(path)).to(device)
+        if backend == "onnx":
+            from .export import check_onnx, model_to_onnx_bytes, onnx_session
 
             try:
-                session = onnx_session(path)
-            except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
-                raise ValueError(f"{path} is not a readable ONNX model ({exc})") from exc
-            meta = session.get_modelmeta().custom_metadata_map
-            if SPEC_KEY not in meta:
-                raise ValueError(f"{path} has no {SPEC_KEY!r} metadata: export it with `deepage export`")
-            spec = ModelSpec.from_dict(json.loads(meta[SPEC_KEY]))
-            info = {"format": meta.get(FORMAT_KEY), "metrics": json.loads(meta.get("deepage_metrics", "{}"))}
-            return cls(spec, path, "onnx", session=session, detect=detect, device=device, metadata=info, tta=tta)
-        ckpt = load_checkpoint(path)
-        model = model_from_checkpoint(ckpt).to(device)
-        info = {k: ckpt.get(k) for k in ("metrics", "versions", "split_fingerprint") if k in ckpt}
-        if backend == "onnx":
-            from .export import model_to_onnx_bytes, onnx_session
-
-            session = onnx_session(model_to_onnx_bytes(model.cpu()))
-            return cls(model.spec, path, "onnx", session=session, detect=detect, device=device, metadata=info,
-                       tta=tta)
-        return cls(model.spec, path, "torch", model=model, detect=detect, device=device, metadata=info, tta=tta)
+                data = model_to_onnx_bytes(model.cpu())
+                check_onnx(model, data, path)  # the same check as `deepage export`
+                session = onnx_session(data)
+            except Exception as exc:  # noqa: BLE001 - exporters fail in many ways; auto falls back to torch
+                if wanted == "onnx":
+                    raise
+                log.warning("%s: ONNX export failed (%s: %s); using the torch backend", path,
+                            type(exc).__name__, exc)
+            else:
+                return cls(model.spec, path, "onnx", model=model, session=session, **kw)
+        return cls(model.spec, path, "torch", model=model, **kw)
 
     @classmethod
     def default(cls, **kw) -> Predictor:
@@ -248,6 +247,18 @@ class Predictor:
                                     "--model runs/NAME/best.pt")
         return cls.from_checkpoint(DEFAULT_MODEL, **kw)
 
+    def close(self) -> None:
+        """Stop the worker processes (if any); the predictor stays usable (a new pool starts on demand)."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> Predictor:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     @property
     def _regions_fn(self):
         """The model's ``attended_regions`` (on the model or its backbone, as AL-ResNet has it) or None."""
@@ -258,14 +269,16 @@ class Predictor:
 
     @property
     def can_explain(self) -> bool:
-        """Whether the model reports attended regions (AL-ResNet, torch backend)."""
+        """Whether the model reports attended regions (AL-ResNet loaded from its ``.pt`` checkpoint)."""
         return self._regions_fn is not None
 
     def describe(self) -> dict:
-        """Plain facts about the loaded model (for logs and the HTTP service)."""
-        return {"checkpoint": str(self.checkpoint_path), "backend": self.backend, "model": self.spec.name,
+        """Plain facts about the loaded model (for logs and the HTTP service; no paths beyond the file
+        name)."""
+        return {"model_file": self.checkpoint_path.name, "backend": self.backend, "model": self.spec.name,
                 "head": self.spec.head, "input_size": self.spec.preprocessing.input_size,
-                "detector": self.aligner.method if self.detect else None, "explain": self.can_explain}
+                "detector": self.aligner.method if self.detect else None, "explain": self.can_explain,
+                "tta": self.tta}
 
     # ---- inference -----------------------------------------------------------------------------------
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -273,10 +286,8 @@ class Predictor:
         if self._session is not None:
             from .export import INPUT_NAME, OUTPUT_NAME
 
-            out = self._session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0]
-            return torch.from_numpy(out)
-        with torch.inference_mode():
-            return self._model(x.to(self.device)).float().cpu()
+            return torch.from_numpy(self._session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0])
+        return self._model(x.to(self.device)).float().cpu()
 
     def _regions(self, x: torch.Tensor) -> list[list]:
         """The model's attended regions: per image a list of ``(x0, y0, x1, y1)`` in model-input pixels.
@@ -290,35 +301,76 @@ class Predictor:
         return [[tuple(float(v) for v in box) for box in np.asarray(per_image).reshape(-1, 4)]
                 for per_image in regions]
 
-    def _face_crops(self, index: int, rgb: np.ndarray, detect: bool) -> list[_Crop]:
-        h, w = rgb.shape[:2]
-        if not detect:
-            return [_Crop(index, rgb, np.array([[1.0, 0, 0], [0, 1.0, 0]]), (0, 0, w, h), None)]
-        return [_Crop(index, f.chip, f.chip_to_image, f.box, f.score) for f in self.aligner.detect(rgb)]
-
-    def _answer(self, crop: _Crop, out: HeadOutput, i: int) -> FacePrediction:
-        age = low = high = None
-        if out.age is not None:
-            age = float(out.age[i])
-        if out.age_probs is not None:
-            probs = out.age_probs[i].numpy().astype(np.float64)
-            low, high = (float(age_quantiles(probs, q)) for q in INTERVAL_QUANTILES)
+    def _face(self, crop: Crop, answers: Answers, i: int, regions: list | None) -> FacePrediction:
+        age = None if answers.age is None else float(answers.age[i])
+        low = high = None
+        if answers.age_interval is not None:
+            low, high = (float(v) for v in answers.age_interval[i])
         groups = {}
-        for scheme, p in out.class_probs.items():
-            p = p[i].numpy().astype(np.float64)
+        for scheme, p in answers.class_probs.items():
+            p = p[i].astype(np.float64)
             names = _class_names(self._head, scheme)
             k = int(p.argmax())
             groups[scheme] = GroupPrediction(scheme, names[k], float(p[k]),
                                              {n: float(v) for n, v in zip(names, p, strict=True)})
-        regions = None
-        if crop.regions:
-            regions = []
-            for box in crop.regions:
-                pts = _input_box_to_crop(box, self.spec.preprocessing, crop.crop.shape[:2])
+        image_regions = None
+        if regions is not None:
+            image_regions = []
+            for box in regions:
+                pts = _input_box_to_crop(box, self.spec.preprocessing, crop.crop_shape)
                 pts = pts @ crop.to_image[:, :2].T + crop.to_image[:, 2]
-                regions.append(tuple(int(round(v)) for v in (*pts.min(0), *pts.max(0))))
+                image_regions.append(tuple(int(round(v)) for v in (*pts.min(0), *pts.max(0))))
         return FacePrediction(box=crop.box, age=age, age_low=low, age_high=high, groups=groups,
-                              detection_score=crop.score, regions=regions)
+                              detection_score=crop.score, regions=image_regions)
+
+    def _answer_images(self, prepared: list[PreparedImage], explain: bool) -> list[ImagePrediction]:
+        """Run the model on every crop of ``prepared`` (in batches of :data:`BATCH_SIZE`)."""
+        crops = [(k, c) for k, item in enumerate(prepared) for c in item.crops]
+        faces: list[list[FacePrediction]] = [[] for _ in prepared]
+        with self._lock:
+            for start in range(0, len(crops), BATCH_SIZE):
+                chunk = crops[start:start + BATCH_SIZE]
+                stored = torch.from_numpy(np.stack([c.stored for _, c in chunk]))
+                x = prepare_batch(stored, self.spec.preprocessing)
+                answers = answer_batch(self._logits, self._head.predict, x, tta_flip=self.tta)
+                regions = self._regions(x) if explain else [None] * len(chunk)
+                for j, (k, c) in enumerate(chunk):
+                    faces[k].append(self._face(c, answers, j, regions[j]))
+        return [ImagePrediction(item.source, item.width, item.height, f, error=item.error)
+                for item, f in zip(prepared, faces, strict=True)]
+
+    def _prepared(self, items: Iterable, detect: bool) -> Iterator[PreparedImage]:
+        """Each input decoded, checked and cut into face crops, in order; in worker processes when
+        ``workers > 1`` (spawned: they import no torch, and a fork of a process running ONNX Runtime's or
+        PyTorch's thread pools is not safe)."""
+        maker = CropMaker(self.aligner, self.spec.preprocessing.stored_size)
+        if self.workers == 1:
+            yield from (maker(item, detect) for item in items)
+            return
+        with self._pool_lock:
+            if self._pool is None:  # each worker gets its CropMaker once; tasks carry only the image
+                self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"),
+                                                 initializer=init_worker, initargs=(maker,))
+            pool = self._pool
+        yield from _ordered_map(pool, partial(worker_prepare, detect=detect), items, ahead=8 * self.workers)
+
+    def predict_iter(self, images, detect: bool | None = None, explain: bool = False) -> Iterator[ImagePrediction]:
+        """:meth:`predict`, yielding each image's answer in input order as soon as its batch of crops has
+        been through the model (a long run can be followed, and an interrupted one keeps what it gave)."""
+        detect = self.detect if detect is None else detect
+        if explain and not self.can_explain:
+            raise ValueError(f"model {self.spec.name!r} ({self.backend} backend) reports no attended "
+                             "regions: explain needs an AL-ResNet model loaded from its .pt checkpoint")
+        pending: list[PreparedImage] = []
+        n_crops = 0
+        for item in self._prepared(_as_iterable(images), detect):
+            pending.append(item)
+            n_crops += len(item.crops)
+            if n_crops >= BATCH_SIZE:
+                yield from self._answer_images(pending, explain)
+                pending, n_crops = [], 0
+        if pending:
+            yield from self._answer_images(pending, explain)
 
     def predict(self, images, detect: bool | None = None, explain: bool = False) -> list[ImagePrediction]:
         """Ages for every face in ``images``: one or a list of paths, ``bytes``, PIL images or arrays
@@ -326,49 +378,36 @@ class Predictor:
 
         ``detect``: override the predictor's setting (``False``: each whole image is one face crop).
         ``explain``: also return the attended regions (models with ``attended_regions`` only; else
-        ``ValueError``). An image that cannot be read gives an :class:`ImagePrediction` with ``error`` set;
-        it does not stop the others.
+        ``ValueError``). An image that cannot be read, or is too small (:data:`deepage.crops.MIN_IMAGE_SIDE`),
+        gives an :class:`ImagePrediction` with ``error`` set; it does not stop the others.
         """
+        return list(self.predict_iter(images, detect=detect, explain=explain))
+
+    def predict_one(self, image, detect: bool | None = None, explain: bool = False) -> ImagePrediction:
+        """:meth:`predict` for a single image (always in this process)."""
+        if isinstance(image, np.ndarray) and image.ndim == 4:
+            raise ValueError(f"predict_one takes one image, got an array of shape {image.shape}")
         detect = self.detect if detect is None else detect
         if explain and not self.can_explain:
             raise ValueError(f"model {self.spec.name!r} ({self.backend} backend) reports no attended "
-                             "regions: explain needs an AL-ResNet model and the torch backend")
-        items = _as_list(images)
-        results: list[ImagePrediction | None] = [None] * len(items)
-        decoded: list[tuple[int, str, np.ndarray]] = []
-        for i, item in enumerate(items):
-            try:
-                rgb, name = load_rgb(item)
-            except ImageDecodeError as exc:
-                results[i] = ImagePrediction(exc.name, 0, 0, [], error=exc.reason)
-                continue
-            except Exception as exc:  # noqa: BLE001 - one odd file (a decoder's own error) must not stop the rest
-                source = str(item) if isinstance(item, (str, Path)) else f"<{type(item).__name__}>"
-                reason = f"unexpected error: {type(exc).__name__}: {exc}"
-                results[i] = ImagePrediction(source, 0, 0, [], error=reason)
-                continue
-            decoded.append((i, name, rgb))
-        with self._lock:
-            crops = [c for i, _, rgb in decoded for c in self._face_crops(i, rgb, detect)]
-            faces: dict[int, list[FacePrediction]] = {i: [] for i, _, _ in decoded}
-            for start in range(0, len(crops), BATCH_SIZE):
-                chunk = crops[start:start + BATCH_SIZE]
-                x = images_to_batch([c.crop for c in chunk], self.spec.preprocessing)
-                out = self._head.predict(self._logits(x))
-                if self.tta:
-                    out = average_outputs(out, self._head.predict(self._logits(torch.flip(x, dims=[3]))))
-                if explain:
-                    for c, regions in zip(chunk, self._regions(x), strict=True):
-                        c.regions = regions
-                for j, c in enumerate(chunk):
-                    faces[c.image_index].append(self._answer(c, out, j))
-        for i, name, rgb in decoded:
-            results[i] = ImagePrediction(name, int(rgb.shape[1]), int(rgb.shape[0]), faces[i])
-        return results  # type: ignore[return-value]
+                             "regions: explain needs an AL-ResNet model loaded from its .pt checkpoint")
+        prepared = CropMaker(self.aligner, self.spec.preprocessing.stored_size)(image, detect)
+        return self._answer_images([prepared], explain)[0]
 
-    def predict_one(self, image, detect: bool | None = None, explain: bool = False) -> ImagePrediction:
-        """:meth:`predict` for a single image."""
-        if isinstance(image, np.ndarray) and image.ndim == 4:
-            raise ValueError(f"predict_one takes one image, got an array of shape {image.shape}")
-        return self.predict([image], detect=detect, explain=explain)[0]
 
+def _spec_of_onnx(session, path: Path) -> ModelSpec:
+    from .export import SPEC_KEY
+
+    meta = session.get_modelmeta().custom_metadata_map
+    if SPEC_KEY not in meta:
+        raise ValueError(f"{path} has no {SPEC_KEY!r} metadata: export it with `deepage export`")
+    return ModelSpec.from_dict(json.loads(meta[SPEC_KEY]))
+
+
+def _onnx_file_session(path: Path):
+    from .export import onnx_session
+
+    try:
+        return onnx_session(path)
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
+        raise ValueError(f"{path} is not a readable ONNX model ({exc})") from exc

@@ -9,14 +9,17 @@ Endpoints
     boxes in pixels of the uploaded image, ages in years) plus ``filename`` and ``timing``
     (``queue_ms``, ``inference_ms``, ``total_ms``).
 ``GET /healthz``
-    ``{"status": "ok", "model": <checkpoint path>, "in_flight": n, ...}``.
+    ``{"status": "ok", "model": {"model": <name>, "model_file": <file name>, "backend": ...}, "version":
+    <deepage version>, "in_flight": n, ...}`` (names only: no path of the server's disk).
 ``GET /``
-    The web page (``static/index.html``, ``app.js``, ``style.css``; it makes no external requests).
+    The web page (``static/index.html``, with ``static/app.js`` and ``static/style.css``; it makes no
+    external requests), always with its Content-Security-Policy and ``nosniff`` headers (the assets carry
+    them too); ``/static/index.html`` redirects to ``/``.
 
 Every error is JSON ``{"error": "..."}``:
 
-- ``413`` upload larger than ``max_upload_bytes`` (``Content-Length`` is checked before reading and the
-  body is counted while it streams in, so a chunked upload cannot slip past);
+- ``413`` upload larger than ``max_upload_bytes`` (``Content-Length`` is checked before a byte of the body
+  is read, and the body is counted while it streams in, so a chunked upload cannot slip past);
 - ``415`` not an image (``error`` names the reason: empty, truncated JPEG, unrecognised format, too many
   pixels, ...) or a request that is neither multipart nor an image body;
 - ``400`` malformed multipart, ``422`` missing ``file`` field or a bad query value;
@@ -24,10 +27,12 @@ Every error is JSON ``{"error": "..."}``:
 - ``504`` when a request has not finished ``request_timeout_s`` seconds after admission;
 - ``500`` for anything unexpected (logged with its traceback; the server keeps serving).
 
-Concurrency: at most ``max_concurrency`` requests are admitted at once (running or waiting); one more is
-refused at once with 503 rather than queued without bound. Admitted requests run in a private pool of
-``workers`` threads (the event loop never decodes or runs the model), so the service keeps answering
-``/healthz`` while inference is busy. A request that times out keeps its slot until its thread really
+Concurrency: at most ``max_concurrency`` requests are admitted at once (reading their upload, running or
+waiting); one more is refused at once with 503 rather than queued without bound, and before its body is
+read, so the memory held by uploads stays under ``max_concurrency x max_upload_bytes``. A client that
+disconnects mid-upload is logged in one line (``INFO``) and its slot given back. Admitted requests run
+in a private pool of ``workers`` threads (the event loop never decodes or runs the model), so the service
+keeps answering ``/healthz`` while inference is busy. A request that times out keeps its slot until its thread really
 finishes (Python threads cannot be interrupted), so timeouts never let more work pile up than the limit.
 """
 
@@ -45,10 +50,11 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from .. import __version__
 from ..imageio import ImageDecodeError
@@ -85,7 +91,12 @@ class _TooLargeError(Exception):
 
 
 class _Gate:
-    """A non-blocking counting gate: ``try_enter`` admits up to ``limit`` holders; thread-safe ``leave``."""
+    """A non-blocking counting gate: ``try_enter`` admits up to ``limit`` holders; ``leave`` from any thread.
+
+    Why not ``threading.BoundedSemaphore``: it gives the non-blocking acquire and the thread-safe release,
+    but not the number of holders, which ``/healthz`` reports (``in_flight``) and the tests rely on; reading
+    its private ``_value`` would be the alternative. ``asyncio.Semaphore`` cannot be released from the
+    worker thread that finishes a prediction."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
@@ -133,7 +144,8 @@ def _megabytes(n: int) -> str:
 
 
 async def _read_upload(request: Request) -> tuple[bytes, str] | JSONResponse:
-    """The uploaded bytes and their file name, or an error response (raises :class:`_TooLargeError`)."""
+    """The uploaded bytes and their file name, or an error response (raises :class:`_TooLargeError` and
+    starlette's ``ClientDisconnect``)."""
     content_type = request.headers.get("content-type", "")
     media_type = content_type.split(";", 1)[0].strip().lower()
     if media_type == "multipart/form-data":
@@ -158,33 +170,124 @@ async def _read_upload(request: Request) -> tuple[bytes, str] | JSONResponse:
                        + (f"Content-Type {content_type!r}" if content_type else "no Content-Type"))
 
 
-def create_app(predictor: Predictor, max_upload_bytes: int = MAX_UPLOAD_BYTES,
-               max_concurrency: int = MAX_CONCURRENCY, request_timeout_s: float = REQUEST_TIMEOUT_S,
-               workers: int = 1) -> FastAPI:
-    """The FastAPI app serving ``predictor`` (anything with ``predict_one`` and ``checkpoint_path``).
+def _declared_size_error(request: Request, limit: int) -> JSONResponse | None:
+    """A 400/413 from the ``Content-Length`` header alone (before any byte of the body is read), or None."""
+    declared = request.headers.get("content-length")
+    if declared is None:
+        return None
+    if not declared.strip().isdigit():
+        return _error(400, f"invalid Content-Length header {declared!r}")
+    if int(declared) > limit:
+        return _error(413, f"upload of {_megabytes(int(declared))} exceeds the limit of {_megabytes(limit)}")
+    return None
 
-    ``max_upload_bytes``: largest request body; ``max_concurrency``: requests admitted at once (running or
-    waiting), beyond which 503; ``request_timeout_s``: seconds after admission before 504; ``workers``:
-    threads running ``predictor.predict_one`` (1 suits a CPU model, whose ops already use every core;
-    more than one requires a thread-safe predictor).
-    """
-    if max_upload_bytes < 1 or max_concurrency < 1 or workers < 1 or request_timeout_s <= 0:
-        raise ValueError(f"create_app: max_upload_bytes ({max_upload_bytes}), max_concurrency "
-                         f"({max_concurrency}) and workers ({workers}) must be >= 1 and request_timeout_s "
-                         f"({request_timeout_s}) > 0")
-    executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="deepage-predict")
-    gate = _Gate(max_concurrency)
-    started = time.monotonic()
-    counters = {"served": 0, "rejected_busy": 0, "timed_out": 0}
 
-    @asynccontextmanager
-    async def lifespan(_app: FastAPI):
-        yield
-        executor.shutdown(wait=False, cancel_futures=True)
+class _Service:
+    """What ``/predict`` and ``/healthz`` share: the predictor, its worker threads, the admission gate and
+    the counters. See the module docstring for the order of the checks."""
 
-    app = FastAPI(title="DeepAge", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
-    app.state.predictor = predictor
-    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    def __init__(self, predictor: Predictor, max_upload_bytes: int, max_concurrency: int,
+                 request_timeout_s: float, workers: int) -> None:
+        self.predictor = predictor
+        self.max_upload_bytes = max_upload_bytes
+        self.max_concurrency = max_concurrency
+        self.request_timeout_s = request_timeout_s
+        self.workers = workers
+        self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="deepage-predict")
+        self.gate = _Gate(max_concurrency)
+        self.started = time.monotonic()
+        self.counters = {"served": 0, "rejected_busy": 0, "timed_out": 0, "client_gone": 0}
+        describe = getattr(predictor, "describe", None)
+        # Names, not paths: the service does not tell the world where its files lie.
+        self.model = describe() if callable(describe) else {"model_file": Path(predictor.checkpoint_path).name}
+
+    def health(self) -> dict[str, Any]:
+        return {"status": "ok", "model": self.model, "version": __version__, "in_flight": self.gate.count,
+                "max_concurrency": self.max_concurrency, "workers": self.workers,
+                "max_upload_bytes": self.max_upload_bytes, "request_timeout_s": self.request_timeout_s,
+                "uptime_s": round(time.monotonic() - self.started, 1), **self.counters}
+
+    def _run(self, data: bytes, detect: bool | None, submitted: float) -> tuple[Any, float, float]:
+        begun = time.perf_counter()
+        result = self.predictor.predict_one(data, detect=detect)
+        return result, begun - submitted, time.perf_counter() - begun
+
+    async def predict(self, request: Request, detect: bool | None) -> JSONResponse:
+        t0 = time.perf_counter()
+        refused = _declared_size_error(request, self.max_upload_bytes)
+        if refused is not None:
+            return refused
+        # Admission before the body is read: memory stays below max_concurrency x max_upload_bytes.
+        if not self.gate.try_enter():
+            self.counters["rejected_busy"] += 1
+            return _error(503, f"server busy: {self.max_concurrency} requests already in progress; retry "
+                               "shortly", headers={"Retry-After": "1"})
+        handed_over = False
+        try:
+            upload = await self._upload(request)
+            if isinstance(upload, JSONResponse):
+                return upload
+            future: Future = self.executor.submit(self._run, upload[0], detect, time.perf_counter())
+            # From here the slot is released when the work really ends (finished, failed, or cancelled
+            # before it began), not when the request gives up waiting.
+            future.add_done_callback(lambda _f: self.gate.leave())
+            handed_over = True
+        except RuntimeError:  # the executor is shutting down
+            return _error(503, "server is shutting down")
+        finally:
+            if not handed_over:
+                self.gate.leave()
+        return await self._answer(future, upload[1], t0)
+
+    async def _upload(self, request: Request) -> tuple[bytes, str] | JSONResponse:
+        counted = Request(request.scope, _counting_receive(request.receive, self.max_upload_bytes))
+        try:
+            return await _read_upload(counted)
+        except _TooLargeError:
+            return _error(413, f"upload exceeds the limit of {_megabytes(self.max_upload_bytes)}")
+        except ClientDisconnect:
+            # Nobody is left to answer: one line in the log, not a traceback.
+            self.counters["client_gone"] += 1
+            client = request.client.host if request.client else "?"
+            log.info("client %s disconnected during the upload; request dropped", client)
+            return _error(400, "client disconnected during the upload")
+
+    async def _answer(self, future: Future, filename: str, t0: float) -> JSONResponse:
+        try:
+            result, queued_s, inference_s = await asyncio.wait_for(asyncio.wrap_future(future),
+                                                                    timeout=self.request_timeout_s)
+        except TimeoutError:
+            future.cancel()  # drops it if it is still waiting for a worker
+            self.counters["timed_out"] += 1
+            return _error(504, f"prediction did not finish within {self.request_timeout_s:g} s")
+        except ImageDecodeError as exc:
+            return _error(415, f"could not read {filename}: {exc.reason}")
+        except ValueError as exc:
+            return _error(422, f"{filename}: {exc}")
+        if result.error:  # the predictor reports unreadable (or too small) images this way
+            return _error(415, f"could not read {filename}: {result.error}")
+        body = result.to_dict()
+        body["filename"] = filename
+        body["timing"] = {"queue_ms": round(queued_s * 1000, 1), "inference_ms": round(inference_s * 1000, 1),
+                          "total_ms": round((time.perf_counter() - t0) * 1000, 1)}
+        self.counters["served"] += 1
+        return JSONResponse(body)
+
+
+class _Assets(StaticFiles):
+    """The page's script and style, with the page's security headers. ``index.html`` is not served here:
+    the page has one address, ``/``, so it always comes with its Content-Security-Policy."""
+
+    async def get_response(self, path: str, scope) -> Response:
+        if path.strip("/") in ("", "index.html"):
+            return RedirectResponse("/", status_code=308)
+        response = await super().get_response(path, scope)
+        response.headers.update(_PAGE_HEADERS)
+        return response
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    """Every error as JSON ``{"error": ...}``."""
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -201,75 +304,44 @@ def create_app(predictor: Predictor, max_upload_bytes: int = MAX_UPLOAD_BYTES,
         log.exception("unexpected error")
         return _error(500, f"internal error ({type(exc).__name__})")
 
+
+def create_app(predictor: Predictor, max_upload_bytes: int = MAX_UPLOAD_BYTES,
+               max_concurrency: int = MAX_CONCURRENCY, request_timeout_s: float = REQUEST_TIMEOUT_S,
+               workers: int = 1) -> FastAPI:
+    """The FastAPI app serving ``predictor`` (anything with ``predict_one`` and ``checkpoint_path``).
+
+    ``max_upload_bytes``: largest request body; ``max_concurrency``: requests admitted at once (reading
+    their upload, running or waiting), beyond which 503; ``request_timeout_s``: seconds after admission
+    before 504; ``workers``: threads running ``predictor.predict_one`` (1 suits a CPU model, whose ops
+    already use every core; more than one requires a thread-safe predictor).
+    """
+    if max_upload_bytes < 1 or max_concurrency < 1 or workers < 1 or request_timeout_s <= 0:
+        raise ValueError(f"create_app: max_upload_bytes ({max_upload_bytes}), max_concurrency "
+                         f"({max_concurrency}) and workers ({workers}) must be >= 1 and request_timeout_s "
+                         f"({request_timeout_s}) > 0")
+    service = _Service(predictor, max_upload_bytes, max_concurrency, request_timeout_s, workers)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        yield
+        service.executor.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(title="DeepAge", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.predictor = predictor
+    app.mount("/static", _Assets(directory=STATIC_DIR), name="static")
+    _install_error_handlers(app)
+
     @app.get("/", include_in_schema=False)
     async def index() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html", media_type="text/html", headers=_PAGE_HEADERS)
 
-    describe = getattr(predictor, "describe", None)
-    details = describe() if callable(describe) else {}
-
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
-        return {"status": "ok", "model": str(predictor.checkpoint_path), "details": details,
-                "version": __version__, "in_flight": gate.count, "max_concurrency": max_concurrency,
-                "workers": workers, "max_upload_bytes": max_upload_bytes,
-                "request_timeout_s": request_timeout_s, "uptime_s": round(time.monotonic() - started, 1),
-                **counters}
-
-    def run_prediction(data: bytes, detect: bool | None, submitted: float) -> tuple[Any, float, float]:
-        begun = time.perf_counter()
-        result = predictor.predict_one(data, detect=detect)
-        return result, begun - submitted, time.perf_counter() - begun
+        return service.health()
 
     @app.post("/predict")
     async def predict(request: Request, detect: bool | None = None) -> JSONResponse:
-        t0 = time.perf_counter()
-        declared = request.headers.get("content-length")
-        if declared is not None:
-            if not declared.strip().isdigit():
-                return _error(400, f"invalid Content-Length header {declared!r}")
-            if int(declared) > max_upload_bytes:
-                return _error(413, f"upload of {_megabytes(int(declared))} exceeds the limit of "
-                                   f"{_megabytes(max_upload_bytes)}")
-        counted = Request(request.scope, _counting_receive(request.receive, max_upload_bytes))
-        try:
-            upload = await _read_upload(counted)
-        except _TooLargeError:
-            return _error(413, f"upload exceeds the limit of {_megabytes(max_upload_bytes)}")
-        if isinstance(upload, JSONResponse):
-            return upload
-        data, filename = upload
-
-        if not gate.try_enter():
-            counters["rejected_busy"] += 1
-            return _error(503, f"server busy: {max_concurrency} requests already in progress; retry shortly",
-                          headers={"Retry-After": "1"})
-        try:
-            future: Future = executor.submit(run_prediction, data, detect, time.perf_counter())
-        except RuntimeError:  # the executor is shutting down
-            gate.leave()
-            return _error(503, "server is shutting down")
-        # The slot is released when the work really ends (finished, failed, or cancelled before it began).
-        future.add_done_callback(lambda _f: gate.leave())
-        try:
-            result, queued_s, inference_s = await asyncio.wait_for(asyncio.wrap_future(future),
-                                                                    timeout=request_timeout_s)
-        except TimeoutError:
-            future.cancel()  # drops it if it is still waiting for a worker
-            counters["timed_out"] += 1
-            return _error(504, f"prediction did not finish within {request_timeout_s:g} s")
-        except ImageDecodeError as exc:
-            return _error(415, f"could not read {filename}: {exc.reason}")
-        except ValueError as exc:
-            return _error(422, f"{filename}: {exc}")
-        if result.error:  # the predictor reports unreadable images this way rather than raising
-            return _error(415, f"could not read {filename}: {result.error}")
-        body = result.to_dict()
-        body["filename"] = filename
-        body["timing"] = {"queue_ms": round(queued_s * 1000, 1), "inference_ms": round(inference_s * 1000, 1),
-                          "total_ms": round((time.perf_counter() - t0) * 1000, 1)}
-        counters["served"] += 1
-        return JSONResponse(body)
+        return await service.predict(request, detect)
 
     return app
 
@@ -278,10 +350,7 @@ def load_predictor(model: str | Path | None = None) -> Predictor:
     """``model=None`` → the bundled model; a ``.onnx`` file → the ONNX Runtime backend; else a checkpoint."""
     from .predictor import Predictor
 
-    if model is None:
-        return Predictor.default()
-    backend = "onnx" if str(model).lower().endswith(".onnx") else "torch"
-    return Predictor.from_checkpoint(model, backend=backend)
+    return Predictor.default() if model is None else Predictor.from_checkpoint(model)  # backend "auto"
 
 
 def serve(host: str = "127.0.0.1", port: int = 8000, model: str | Path | None = None, *,
@@ -293,5 +362,5 @@ def serve(host: str = "127.0.0.1", port: int = 8000, model: str | Path | None = 
     predictor = load_predictor(model)
     app = create_app(predictor, max_upload_bytes=max_upload_bytes, max_concurrency=max_concurrency,
                      request_timeout_s=request_timeout_s, workers=workers)
-    log.info("serving %s on http://%s:%d/", predictor.checkpoint_path, host, port)
+    log.info("serving %s (%s backend) on http://%s:%d/", predictor.checkpoint_path, predictor.backend, host, port)
     uvicorn.run(app, host=host, port=port, log_level=log_level)

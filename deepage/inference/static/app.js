@@ -21,12 +21,32 @@
     els.status.textContent = message || "";
   }
 
+  // After an error nothing of the previous photo may stay on screen: its ages would read as this file's.
+  function clearResult() {
+    state.result = null;
+    state.image = null;
+    state.boxes = [];
+    state.selected = 0;
+    if (state.imageUrl) URL.revokeObjectURL(state.imageUrl);
+    state.imageUrl = null;
+    els.result.hidden = true;
+    els.canvas.getContext("2d").clearRect(0, 0, els.canvas.width, els.canvas.height);
+    for (const el of [els.faces, els.charts]) el.replaceChildren();
+    for (const el of [els.caption, els.age, els.range, els.meta, els.timing]) el.textContent = "";
+  }
+
+  function fail(message) {
+    clearResult();
+    setState("error", message);
+  }
+
   async function loadHealth() {
     try {
       const r = await fetch("healthz");
       const h = await r.json();
-      els.model.textContent = "model: " + String(h.model).split(/[\\/]/).slice(-3).join("/");
-      els.model.title = h.model;
+      const m = h.model || {};
+      els.model.textContent = "model: " + (m.model ? `${m.model} (${m.model_file})` : String(m.model_file));
+      els.model.title = `DeepAge ${h.version}` + (m.backend ? `, ${m.backend} backend` : "");
       state.maxUploadBytes = h.max_upload_bytes || null;
     } catch (e) {
       els.model.textContent = "model: (server not answering)";
@@ -47,7 +67,7 @@
   async function submit(file) {
     if (!file) return;
     if (state.maxUploadBytes && file.size > state.maxUploadBytes) {
-      setState("error", `${file.name} is ${(file.size / 1048576).toFixed(1)} MB; the limit is ` +
+      fail(`${file.name} is ${(file.size / 1048576).toFixed(1)} MB; the limit is ` +
         `${(state.maxUploadBytes / 1048576).toFixed(0)} MB`);
       return;
     }
@@ -59,11 +79,11 @@
       response = await fetch(`predict?detect=${els.detect.checked}`, { method: "POST", body });
       payload = await response.json().catch(() => ({ error: `HTTP ${response.status} ${response.statusText}` }));
     } catch (e) {
-      setState("error", "Could not reach the server: " + e.message);
+      fail("Could not reach the server: " + e.message);
       return;
     }
     if (!response.ok) {
-      setState("error", `${payload.error || "request failed"} (HTTP ${response.status})`);
+      fail(`${payload.error || "request failed"} (HTTP ${response.status})`);
       return;
     }
     let img = null;

@@ -27,8 +27,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..imageio import ImageDecodeError
-
 __all__ = ["FaceAligner", "DetectedFace", "NoFaceError", "UTKFACE_PADDING", "FIVE_POINT_TEMPLATE",
            "BOX_FRAMING", "WEAK_SCORE", "landmark_model_path", "chip_matrix"]
 
@@ -48,8 +46,8 @@ WEAK_SCORE = 0.0
 """dlib's own HOG threshold: the best box above it is kept when none reaches ``min_score``."""
 
 SMALL_PHOTO = 400
-"""Photos whose longer side (after shrinking to ``max_side``) is under this are searched enlarged twice at
-once (HOG's smallest face is 80 px); larger ones only when a first look finds nothing."""
+"""Photos whose longer side (after shrinking to ``max_side``) is under this get the small-photo looks of
+:meth:`FaceAligner._looks` (HOG's smallest face is 80 px, so faces of 40-80 px need the photo enlarged)."""
 
 BOX_FRAMING = {"dlib": (1.29, 0.068, 0.068), "haar": (1.00, 0.002, 0.086)}
 """Box-based crop when no landmarks are available: ``(side, dx, dy)`` in units of the detector box's width:
@@ -59,12 +57,14 @@ UTKFace chips for each detector."""
 LANDMARK_FILE = "shape_predictor_5_face_landmarks.dat"
 
 
-class NoFaceError(ImageDecodeError):
-    """No face was found in an image. An :class:`ImageDecodeError` (the image is unusable), so that
-    ``deepage ingest --align`` records its ``reason`` for the file and goes on."""
+class NoFaceError(ValueError):
+    """No face was found in an image; ``reason`` says what was looked at, ``name`` which image (the same
+    two fields as :class:`deepage.imageio.ImageDecodeError`, so callers report both alike)."""
 
     def __init__(self, reason: str = "no face found", name: str = "<image>") -> None:
-        super().__init__(name, reason)
+        super().__init__(f"{name}: {reason}")
+        self.name = name
+        self.reason = reason
 
 
 @dataclass(frozen=True, eq=False)
@@ -106,6 +106,15 @@ def _shape_predictor(path: str):
     import dlib
 
     return dlib.shape_predictor(path)
+
+
+@functools.lru_cache(maxsize=1)
+def _frontal_detector():
+    """dlib's HOG face detector, built once per process (~0.1 s: it is read from data compiled into dlib;
+    an aligner unpickled in a worker process for each task would otherwise build it every time)."""
+    import dlib
+
+    return dlib.get_frontal_face_detector()
 
 
 def _similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
@@ -205,7 +214,7 @@ class FaceAligner:
                     raise ImportError("detector='dlib' needs dlib (pip install dlib-bin)") from exc
         if dlib is not None:
             objects["kind"] = "dlib"
-            objects["hog"] = dlib.get_frontal_face_detector()
+            objects["hog"] = _frontal_detector()
         else:
             objects["kind"] = "haar"
             path = Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml"
@@ -228,55 +237,66 @@ class FaceAligner:
         return f"{o['kind']}+{'landmarks' if o['shape'] is not None else 'box'}"
 
     # ---- detection ---------------------------------------------------------------------------------
-    def _raw_boxes(self, rgb: np.ndarray, closer: bool = False) -> list[tuple[tuple[float, ...], float]]:
-        """Boxes ``(x0, y0, x1, y1)`` in ``rgb``'s pixels (not clipped) with scores. ``closer``: HOG looks at
-        the photo enlarged twice (finds faces from 40 px instead of 80, at four times the cost)."""
+    def _raw_boxes(self, rgb: np.ndarray, upsample: int = 0, pad: int = 0) -> list[tuple[tuple[float, ...], float]]:
+        """Boxes ``(x0, y0, x1, y1)`` in ``rgb``'s pixels (not clipped) with scores. ``upsample``: HOG looks at
+        the photo enlarged twice (finds faces from 40 px instead of 80, at four times the cost). ``pad``: the
+        photo is looked at inside a black border of this many pixels (finds a face filling the frame)."""
         o = self._build()
         h, w = rgb.shape[:2]
         shrink = min(1.0, self.max_side / max(h, w))
-        small = rgb if shrink == 1.0 else cv2.resize(rgb, (round(w * shrink), round(h * shrink)),
+        small = rgb if shrink == 1.0 else cv2.resize(rgb, (max(1, round(w * shrink)), max(1, round(h * shrink))),
                                                      interpolation=cv2.INTER_AREA)
+        # On the grey image: ~30 % faster than on RGB, same recall (99 % of 200 UTKFace faces).
+        grey = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
+        p = round(pad * shrink)
+        if p:
+            grey = cv2.copyMakeBorder(grey, p, p, p, p, cv2.BORDER_CONSTANT, value=0)
         found: list = []
         if o["kind"] == "dlib":
-            # HOG's smallest face is 80 px; look twice as closely in small photos.
-            upsample = 1 if closer or max(small.shape[:2]) < SMALL_PHOTO else 0
-            # On the grey image: ~30 % faster than on RGB, same recall (99 % of 200 UTKFace faces).
-            grey = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
             rects, scores, _ = o["hog"].run(grey, upsample, min(self.min_score, WEAK_SCORE))
             for r, s in zip(rects, scores, strict=True):
-                found.append(((r.left(), r.top(), r.right() + 1, r.bottom() + 1), float(s)))
+                found.append(((r.left() - p, r.top() - p, r.right() + 1 - p, r.bottom() + 1 - p), float(s)))
         else:
-            grey = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
             min_face = max(24, min(grey.shape) // 12)
             boxes, _, weights = o["haar"].detectMultiScale3(grey, 1.1, 5, minSize=(min_face, min_face),
                                                             outputRejectLevels=True)
             for (x, y, bw, bh), s in zip(boxes, np.ravel(weights), strict=True):
-                found.append(((x, y, x + bw, y + bh), float(s)))
+                found.append(((x - p, y - p, x + bw - p, y + bh - p), float(s)))
         return [(tuple(v / shrink for v in box), s) for box, s in found]
 
+    def _looks(self, h: int, w: int, hog: bool) -> list[tuple[int, int]]:
+        """The ``(upsample, pad)`` looks :meth:`_boxes` takes at an ``h`` x ``w`` photo, cheapest first.
+
+        Photos under :data:`SMALL_PHOTO` px (after shrinking to ``max_side``), such as UTKFace's 200 px chips:
+        the photo at its own scale (faces from 80 px, the common case), then enlarged twice (faces of 40-80
+        px: 4x the pixels), then enlarged in a border (a face filling the frame: 9x). On the 4,265 UTKFace
+        test chips this order finds a face in 99.30 % at 7.1 ms of CPU per chip; the order used before (the
+        two enlarged looks only) found 98.85 % at 17.4 ms, and a first look in a border 99.16 % at 11.4 ms.
+        Larger photos: the photo; the photo in a border (up to 1024 px); the photo enlarged twice."""
+        pad = max(h, w) // 4
+        if not hog:
+            return [(0, 0), (0, pad)] if max(h, w) <= 1024 else [(0, 0)]
+        if min(max(h, w), self.max_side) < SMALL_PHOTO:
+            return [(0, 0), (1, 0), (1, pad)]
+        return [(0, 0), *([(0, pad)] if max(h, w) <= 1024 else []), (1, 0)]
+
     def _boxes(self, rgb: np.ndarray) -> list[tuple[tuple[float, float, float, float], float]]:
-        """Boxes scoring at least ``min_score``, looked for in this order until some are found: the photo; the
-        photo in a border (a face filling the frame); for photos of :data:`SMALL_PHOTO` px and more, the photo
-        enlarged twice (faces under 80 px). If none is found, the best box scoring at least dlib's own
-        threshold (:data:`WEAK_SCORE`), so that a lone, faint face is still found (on UTKFace's test chips
-        this lifts the share with a face from 96.9 % to 98.9 %) while a faint false box beside a clear face is
-        still dropped. The later looks cost more but run only when the earlier ones found no clear face."""
+        """Boxes scoring at least ``min_score``, from the first of :meth:`_looks` that finds some. If none is
+        found, the best box scoring at least dlib's own threshold (:data:`WEAK_SCORE`) in the first look that
+        has one, so that a lone, faint face is still found (on UTKFace's test chips this lifts the share with
+        a face from 96.9 % to 98.9 %) while a faint false box beside a clear face is still dropped. The later
+        looks cost more but run only when the earlier ones found no clear face."""
         h, w = rgb.shape[:2]
         hog = self._build()["kind"] == "dlib"
 
         def strong(found: list) -> list:
             return [b for b in found if b[1] >= self.min_score] if hog else found  # Haar: no scores to trust
 
-        passes = [self._raw_boxes(rgb)]
-        if not strong(passes[-1]) and max(h, w) <= 1024:
-            pad = max(h, w) // 4
-            padded = cv2.copyMakeBorder(rgb, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=(0, 0, 0))
-            passes.append([((x0 - pad, y0 - pad, x1 - pad, y1 - pad), s)
-                           for (x0, y0, x1, y1), s in self._raw_boxes(padded)])
-        if not strong(passes[-1]) and hog and min(max(h, w), self.max_side) >= SMALL_PHOTO:
-            passes.append(self._raw_boxes(rgb, closer=True))
-        if strong(passes[-1]):
-            return strong(passes[-1])
+        passes = []
+        for upsample, pad in self._looks(h, w, hog):
+            passes.append(self._raw_boxes(rgb, upsample, pad))
+            if strong(passes[-1]):
+                return strong(passes[-1])
         if not hog:
             return []
         for found in passes:
