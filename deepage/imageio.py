@@ -32,8 +32,7 @@ __all__ = [
     "IMAGE_SUFFIXES",
 ]
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-"""Suffixes (lower case) of the files taken for images when a folder or archive is searched."""
+from .filetypes import IMAGE_SUFFIXES  # noqa: E402  (re-exported: one list, in a module free of heavy imports)
 
 MAX_IMAGE_PIXELS = 64_000_000
 """Images with more pixels than this are refused (decompression-bomb guard)."""

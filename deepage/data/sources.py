@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from ..imageio import IMAGE_SUFFIXES  # one list for ingest and predict
+from ..filetypes import IMAGE_SUFFIXES  # one list for ingest and predict; no heavy imports
 
 __all__ = ["Entry", "Labels", "parse_utkface_name", "parse_fgnet_name", "parse_name", "LABEL_FORMATS",
            "iter_entries", "check_source", "IMAGE_SUFFIXES", "LabelParseError", "MAX_FILE_MB", "UNKNOWN"]
