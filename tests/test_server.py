@@ -6,6 +6,7 @@ an app from :func:`deepage.inference.server.create_app` and a predictor loaded f
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import re
@@ -228,23 +229,31 @@ def test_bad_query_and_unknown_paths_are_json(live, photo):
     assert_json_error(httpx.get(f"{live.url}/predict"), 405, r"method not allowed")
 
 
+@contextlib.contextmanager
+def one_request_held(server: LiveServer, blocking: BlockingPredictor, photo: bytes):
+    """Take the one slot of ``server`` with a request held inside ``blocking`` until the block exits; then
+    let it go and check that it succeeded."""
+    first: dict = {}
+    worker = threading.Thread(target=lambda: first.update(r=post_file(server.url, photo)))
+    worker.start()
+    try:
+        assert blocking.entered.wait(10), "the first request never reached the predictor"
+        yield
+    finally:
+        blocking.release.set()
+        worker.join(30)
+    assert first["r"].status_code == 200
+
+
 def test_busy_server_answers_503_and_stays_healthy(predictor, photo):
     blocking = BlockingPredictor(predictor)
     with LiveServer(create_app(blocking, max_concurrency=1)) as server:
-        first: dict = {}
-        worker = threading.Thread(target=lambda: first.update(r=post_file(server.url, photo)))
-        worker.start()
-        try:
-            assert blocking.entered.wait(10), "the first request never reached the predictor"
+        with one_request_held(server, blocking, photo):
             second = post_file(server.url, photo)
             assert_json_error(second, 503, r"server busy")
             assert second.headers["retry-after"] == "1"
             health = httpx.get(f"{server.url}/healthz", timeout=5)  # the event loop is not blocked
             assert health.json()["in_flight"] == 1 and health.json()["rejected_busy"] == 1
-        finally:
-            blocking.release.set()
-            worker.join(30)
-        assert first["r"].status_code == 200
         assert httpx.get(f"{server.url}/healthz").json()["in_flight"] == 0
         assert post_file(server.url, photo).status_code == 200  # the slot was given back
 
@@ -305,19 +314,11 @@ def test_busy_server_refuses_before_reading_the_body(predictor, photo):
     sent (and never sends) its body; uploads held in memory stay under the limit x the upload cap."""
     blocking = BlockingPredictor(predictor)
     with LiveServer(create_app(blocking, max_concurrency=1)) as server:
-        first: dict = {}
-        worker = threading.Thread(target=lambda: first.update(r=post_file(server.url, photo)))
-        worker.start()
-        try:
-            assert blocking.entered.wait(10), "the first request never reached the predictor"
+        with one_request_held(server, blocking, photo):
             t = time.monotonic()
             replies = [_raw(server.url, _post_head(5 * 2**20)) for _ in range(5)]
             assert all(r.startswith(b"HTTP/1.1 503") for r in replies), replies
             assert time.monotonic() - t < 5
-        finally:
-            blocking.release.set()
-            worker.join(30)
-        assert first["r"].status_code == 200
         assert httpx.get(f"{server.url}/healthz").json()["rejected_busy"] == 5
 
 
