@@ -1,30 +1,32 @@
 #!/usr/bin/env bash
-# Issue 9's backbone study: one recipe (configs/backbone_study.yaml: DEX head, 112 px, AdamW, cosine over the
-# time budget, EMA, augmentation), the same CPU minutes for every backbone, on the leak-free split; each
-# run is judged on the validation split (best.pt holds its metrics). One thread pinned to one core
-# (PIN_CPU, default 0), so that runs compare fairly while the other core does other work.
-# Usage (repo root, after `deepage ingest` + `deepage split` into work/utk128.h5):
-#   bash scripts/backbone_study.sh [MINUTES] [run ...]     runs: see the case below
-# A run whose summary.json exists is skipped; a run cut short resumes (last.pt).
+# Issue 9's runs on the leak-free split, as they were made (docs/RESULTS.md, "Issue 9"): one recipe
+# (configs/backbone_study.yaml), one thread pinned to one core per run so that runs compare fairly while
+# the other core does other work. Usage (repo root, after `deepage ingest` + `deepage split` into
+# work/utk128.h5):  bash scripts/backbone_study.sh
+# A run whose summary.json exists is skipped; a run cut short resumes from its last.pt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-.venv/bin}
-MINUTES=${1:-8}
-shift || true
-runs=("$@")
-[ ${#runs[@]} -eq 0 ] && runs=(efficientnet_lite0 mobilenet_v2 al_mobilenet_v2 mobilenet_v2_dropconf)
-PIN=(taskset -c "${PIN_CPU:-0}")
-for run in "${runs[@]}"; do
-  case "$run" in
-    mobilenet_v2_dropconf) args=(model=mobilenet_v2 drop_conflicting_duplicates=true) ;;
-    *) args=(model="$run") ;;
-  esac
-  dir="runs/study/$run"
-  if [ -f "$dir/summary.json" ]; then continue; fi
+
+run() {  # run CPU OUT_DIR NAME key=value...
+  local cpu=$1 dir=$2/$3
+  shift 3
+  if [ -f "$dir/summary.json" ]; then return; fi
   if [ -f "$dir/last.pt" ]; then
-    "${PIN[@]}" "$BIN/deepage" train --resume "$dir"
+    taskset -c "$cpu" "$BIN/deepage" train --resume "$dir"
   else
-    "${PIN[@]}" "$BIN/deepage" train --config configs/backbone_study.yaml "${args[@]}" max_minutes="$MINUTES" \
-      out_dir=runs/study name="$run"
+    taskset -c "$cpu" "$BIN/deepage" train --config configs/backbone_study.yaml "$@" out_dir="${dir%/*}" \
+      name="${dir##*/}" progress=false
   fi
-done
+}
+
+# The long run: EfficientNet-Lite0, 95 CPU minutes (core 0) ...
+run 0 runs/long efficientnet_lite0_112 model=efficientnet_lite0 max_minutes=95 &
+# ... while core 1 asks the attention question at equal steps: the trunk alone, then the AL model.
+( run 1 runs/study mobilenet_v2-600 model=mobilenet_v2 max_steps=600 ema_decay=0.99
+  run 1 runs/study al_mobilenet_v2-600 model=al_mobilenet_v2 max_steps=600 ema_decay=0.99 ) &
+wait
+"$BIN/deepage" evaluate runs/long/efficientnet_lite0_112/best.pt --data work/utk128.h5 --split test
+"$BIN/python" scripts/study_curves.py runs/long/efficientnet_lite0_112 runs/study/*-600 \
+  --out docs/results/study/curves.png
+"$BIN/deepage" compare runs/long/efficientnet_lite0_112 runs/study/*-600 --out docs/results/study
