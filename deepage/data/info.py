@@ -8,6 +8,7 @@ import h5py
 import numpy as np
 
 from ..labels import get_scheme
+from .duplicates import conflicting_rows
 from .split import SPLIT_NAMES, read_split
 
 __all__ = ["dataset_info", "format_info"]
@@ -42,11 +43,12 @@ def dataset_info(path: str | Path) -> dict:
         info["split"] = {"fingerprint": fp, "seed": attrs.get("split_seed"), "fractions": attrs.get("split_fractions"),
                          "stratify": attrs.get("split_stratify"),
                          "near_duplicate_threshold_bits": attrs.get("split_near_threshold"),
+                         "pixel_check": attrs.get("split_pixel_check", False),
                          "counts": {name: int(mask.sum()) for name, mask in parts.items() if name != "all"}}
     if groups is not None:
         sizes = np.bincount(groups)
         multi = np.flatnonzero(sizes > 1)
-        mixed_ages = sum(1 for g in multi if len(np.unique(ages[groups == g])) > 1)
+        mixed_ages = len(np.unique(groups[conflicting_rows(groups, ages)]))  # the audit's rule
         info["duplicates"] = {"groups_with_copies": int(len(multi)), "images_in_such_groups": int(sizes[multi].sum()),
                               "largest_group": int(sizes.max()), "groups_with_different_ages": int(mixed_ages)}
     info["classes"] = {}

@@ -249,33 +249,28 @@ def alresnet18(input_size: int, pretrained: bool = False, trunk: str = "resnet18
 # the attention-LSTM local branch beat the same trunk alone? — asked where transfer works. The local
 # network is a second copy of the same pretrained family (``local="same"``, default), or the small
 # from-scratch LocalCNN (``local="cnn"``).
-def _pretrained_trunk(family: str, pretrained: bool) -> nn.Module:
-    from .efficientnet import efficientnet_lite_features
-    from .mobilenet import mobilenet_v2_features
+def _family_parts(family: str) -> tuple[Callable[[bool], nn.Module], Callable[[], Path | None]]:
+    """``(trunk builder taking pretrained, offline weights locator)`` of a pretrained family."""
+    from .efficientnet import efficientnet_lite_features, offline_lite_weights
+    from .mobilenet import mobilenet_v2_features, offline_imagenet_weights
 
     if family == "mobilenet_v2":
-        return mobilenet_v2_features(pretrained)
-    return efficientnet_lite_features(int(family.removeprefix("efficientnet_lite")), pretrained)
-
-
-def _offline_weights_of(family: str) -> Callable[[], Path | None]:
-    from .efficientnet import offline_lite_weights
-    from .mobilenet import offline_imagenet_weights
-
-    if family == "mobilenet_v2":
-        return offline_imagenet_weights
-    return lambda: offline_lite_weights(int(family.removeprefix("efficientnet_lite")))
+        return mobilenet_v2_features, offline_imagenet_weights
+    variant = int(family.removeprefix("efficientnet_lite"))
+    return (lambda pretrained: efficientnet_lite_features(variant, pretrained)), (lambda: offline_lite_weights(variant))
 
 
 def _register_al(family: str, default_size: int) -> None:
-    @register_model(f"al_{family}", default_input_size=default_size, offline_weights=_offline_weights_of(family),
+    make_trunk, offline_weights = _family_parts(family)
+
+    @register_model(f"al_{family}", default_input_size=default_size, offline_weights=offline_weights,
                     normalization="inception" if family.startswith("efficientnet") else "imagenet",
                     min_input_size=64,
                     description=f"AL model on a pretrained {family} trunk + attention LSTM, 3 regions, "
                                 f"{family} local net (own)")
     def builder(input_size: int, pretrained: bool = False, local: str = "same", **kwargs) -> Backbone:
-        local_net = _pretrained_trunk(family, pretrained) if local == "same" else local
-        module = ALResNet(trunk=_pretrained_trunk(family, pretrained), input_size=input_size, local=local_net,
+        local_net = make_trunk(pretrained) if local == "same" else local
+        module = ALResNet(trunk=make_trunk(pretrained), input_size=input_size, local=local_net,
                           pretrained=pretrained, **kwargs)
         return Backbone(module, module.num_features)
 
