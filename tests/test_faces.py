@@ -13,6 +13,7 @@ from deepage.faces import (
     FIVE_POINT_TEMPLATE,
     UTKFACE_PADDING,
     FaceAligner,
+    Look,
     NoFaceError,
     landmark_model_path,
 )
@@ -42,7 +43,9 @@ def test_finds_exactly_her_face(astronaut, aligner):
     faces = aligner.detect(astronaut)
     assert len(faces) == 1  # the patch on her suit (dlib HOG score 0.1) is below min_score
     face = faces[0]
-    assert _iou(face.box, FACE_BOX) > 0.8
+    # Found in the first look, at 0.85 scale, where her 88 px face is under HOG's 80 px window: the box is a
+    # pyramid step larger (~104 px). The chip does not depend on it: the landmarks place it (next tests).
+    assert _iou(face.box, FACE_BOX) > 0.7
     assert face.score > 1.0
     assert face.chip.shape == (200, 200, 3) and face.chip.dtype == np.uint8
     assert aligner.method == "dlib+landmarks"
@@ -58,23 +61,53 @@ def test_a_lone_faint_face_is_kept_but_not_beside_a_clear_one(monkeypatch, astro
     calls = []
 
     def fake(answers):
-        def raw(rgb, upsample=0, pad=0):
-            calls.append((upsample, pad > 0))
+        def raw(rgb, look=Look()):
+            calls.append((look.upsample, look.pad > 0))
             return answers.pop(0) if answers else []
         return raw
 
+    monkeypatch.setattr(aligner, "_second_chance", lambda rgb: [])  # the Haar look has a test of its own
     clear, faint, fainter = ((10, 10, 90, 90), 1.2), ((200, 200, 260, 260), 0.1), ((300, 30, 360, 90), 0.05)
     monkeypatch.setattr(aligner, "_raw_boxes", fake([[faint, clear]]))
     assert aligner._boxes(astronaut) == [clear]
     calls.clear()
-    monkeypatch.setattr(aligner, "_raw_boxes", fake([[fainter, faint], [], []]))
+    monkeypatch.setattr(aligner, "_raw_boxes", fake([[fainter, faint], [], [], []]))
     assert aligner._boxes(astronaut) == [faint]
-    assert calls == [(0, False), (0, True), (1, False)]  # the padded and the closer look ran, for a clear face
+    assert calls == [(0, False), (0, False), (0, True), (1, False)]  # every look ran, for a clear face
     calls.clear()
-    monkeypatch.setattr(aligner, "_raw_boxes", fake([[fainter], [], [clear]]))
+    monkeypatch.setattr(aligner, "_raw_boxes", fake([[fainter], [], [], [clear]]))
     assert aligner._boxes(astronaut) == [clear]  # the closer look's clear face beats a faint one
-    monkeypatch.setattr(aligner, "_raw_boxes", fake([[((0, 0, 50, 50), -0.1)], [], []]))
+    monkeypatch.setattr(aligner, "_raw_boxes", fake([[((0, 0, 50, 50), -0.1)], [], [], []]))
     assert aligner._boxes(astronaut) == []
+
+
+def test_second_chance_finds_a_face_no_hog_look_finds(monkeypatch, astronaut):
+    """When no HOG look finds anything, the two Haar cascades that agree give the box, moved onto the HOG box
+    the landmark model expects: the chip is framed like HOG's."""
+    aligner = FaceAligner()
+    by_hog = aligner.detect(astronaut)[0]
+    monkeypatch.setattr(aligner, "_raw_boxes", lambda rgb, look=Look(): [])
+    faces = aligner.detect(astronaut)
+    assert len(faces) == 1
+    assert _iou(faces[0].box, by_hog.box) > 0.7
+    on_chip = faces[0].landmarks @ faces[0].matrix[:, :2].T + faces[0].matrix[:, 2]
+    template = (FIVE_POINT_TEMPLATE + UTKFACE_PADDING) / (1 + 2 * UTKFACE_PADDING) * 200 - 0.5
+    assert np.abs(on_chip - template).max() < 3.0
+
+
+def test_second_chance_needs_both_cascades_to_agree():
+    """scikit-image's coins: OpenCV's ``default`` cascade alone sees a face there; with ``alt2`` it does not."""
+    from skimage import data
+
+    from deepage.faces import _haar_cascades
+
+    coins = np.ascontiguousarray(np.stack([data.coins()] * 3, -1))
+    aligner = FaceAligner()
+    grey, _, _ = aligner._grey(coins, Look(pad=max(coins.shape) // 4))
+    default, _ = _haar_cascades()
+    assert len(default.detectMultiScale(grey, 1.1, 3, minSize=(50, 50))) >= 1
+    assert aligner._second_chance(coins) == []
+    assert aligner.detect(coins) == []
 
 
 def test_a_small_face_in_a_larger_photo_is_found_on_a_closer_look(astronaut, aligner):
@@ -111,11 +144,12 @@ def test_box_fallback_frames_like_the_landmarks(astronaut, aligner):
     assert box_only.method == "dlib+box"
     face = box_only.detect(astronaut)[0]
     assert face.landmarks is None and face.chip.shape == (200, 200, 3)
-    # the landmarks fall near their template places on the box-based chip too (within 10 % of its side;
-    # BOX_FRAMING is a median over UTKFace faces, and this face sits ~12 px higher in its HOG box)
+    # the landmarks fall near their template places on the box-based chip too (within 12 % of its side;
+    # BOX_FRAMING is a median over UTKFace faces, this face sits ~12 px higher in its HOG box, and the first
+    # look, at 0.85 scale, gives her 88 px face a box a pyramid step larger)
     on_chip = with_marks.landmarks @ face.matrix[:, :2].T + face.matrix[:, 2]
     template = (FIVE_POINT_TEMPLATE + UTKFACE_PADDING) / (1 + 2 * UTKFACE_PADDING) * 200
-    assert np.abs(on_chip - template).max() < 20
+    assert np.abs(on_chip - template).max() < 24
 
 
 def test_haar_fallback_detector(astronaut):
@@ -175,26 +209,29 @@ def test_ingest_align_in_worker_processes(tmp_path, astronaut):
 
 
 def test_a_utkface_style_chip_is_found_in_one_look_at_its_own_scale(astronaut, aligner, monkeypatch):
-    """Small photos are looked at cheapest first: a 200 px chip whose face fills the frame is found at the
-    photo's own scale, without the 4x (enlarged) or 9x (enlarged, in a border) looks."""
+    """Photos are looked at cheapest first: a 200 px chip whose face fills the frame is found in the first,
+    shrunk look, without the equalised, bordered or 4x (enlarged) looks."""
     chip = aligner.align_largest(astronaut)  # (200, 200, 3), framed as UTKFace's chips
     looks = []
     raw = aligner._raw_boxes
 
-    def counting(rgb, upsample=0, pad=0):
-        looks.append((upsample, pad))
-        return raw(rgb, upsample, pad)
+    def counting(rgb, look=Look()):
+        looks.append(look)
+        return raw(rgb, look)
 
     monkeypatch.setattr(aligner, "_raw_boxes", counting)
     assert len(aligner.detect(chip)) == 1
-    assert looks == [(0, 0)]
-    assert aligner._looks(200, 200, True) == [(0, 0), (1, 0), (1, 50)]  # then the costlier looks, in order
+    assert looks == [Look(scale=0.85)]
+    assert aligner._looks(200, 200, True) == [  # then the costlier looks, in order
+        Look(scale=0.85), Look(equalise=True), Look(pad=50, equalise=True), Look(upsample=1, equalise=True)]
+    assert aligner._looks(480, 640, True)[2] == Look(pad=160, max_side=320, equalise=True)  # large: shrunk
 
 
 @pytest.mark.slow
 def test_recall_on_real_utkface_chips(utkface_archive):
-    """A face in at least 98 % of the archive's first 300 chips (295 with these looks, 294 with the order used
-    before; the whole test split: 99.30 % against 98.85 %), at ~1 look per chip."""
+    """A face in at least 99 % of the archive's first 300 chips (299 with these looks and the Haar second
+    chance; 295 with the looks used before; the whole test split: 99.84 % against 99.13 %), at ~1.1 looks
+    per chip."""
     import tarfile
 
     aligner, found, looks, n = FaceAligner(), 0, 0, 0
@@ -214,5 +251,5 @@ def test_recall_on_real_utkface_chips(utkface_archive):
                 data = np.frombuffer(tar.extractfile(member).read(), np.uint8)
                 found += bool(aligner.detect(cv2.cvtColor(cv2.imdecode(data, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)))
                 n += 1
-    assert found / n >= 0.98, found
+    assert found / n >= 0.99, found
     assert looks / n < 1.15, looks / n
