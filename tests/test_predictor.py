@@ -280,3 +280,15 @@ def test_predict_iter_streams_in_order_and_workers_agree(tiny_checkpoint, tmp_pa
     assert [r.error for r in parallel] == [r.error for r in serial]
     assert [f.age for r in parallel for f in r.faces] == pytest.approx([f.age for r in serial for f in r.faces],
                                                                        abs=1e-5)
+
+
+def test_the_model_leaves_the_face_finding_workers_their_cores(monkeypatch, tiny_checkpoint):
+    pytest.importorskip("onnxruntime")
+    from deepage.inference.predictor import model_threads
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    assert [model_threads(w) for w in (1, 2, 3, 4, 8)] == [None, 2, 1, 1, 1]
+    with Predictor.from_checkpoint(tiny_checkpoint, backend="onnx", workers=3) as p:
+        assert p._session.get_session_options().intra_op_num_threads == 1
+    with Predictor.from_checkpoint(tiny_checkpoint, backend="onnx", workers=1) as p:
+        assert p._session.get_session_options().intra_op_num_threads == 4
