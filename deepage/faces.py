@@ -52,8 +52,9 @@ WEAK_SCORE = 0.0
 """dlib's own HOG threshold: the best box above it is kept when none reaches ``min_score``."""
 
 SMALL_PHOTO = 400
-"""Photos whose longer side (after shrinking to ``max_side``) is under this get the small-photo looks of
-:meth:`FaceAligner._looks` (HOG's smallest face is 80 px, so faces of 40-80 px need the photo enlarged)."""
+"""Photos whose longer side (after shrinking to ``max_side``) is at least this get their border look of
+:meth:`FaceAligner._looks` shrunk to :data:`FRAME_LOOK_SIDE` (smaller photos, such as UTKFace's 200 px
+chips, get it at their own scale)."""
 
 BOX_FRAMING = {"dlib": (1.29, 0.068, 0.068), "haar": (1.00, 0.002, 0.086)}
 """Box-based crop when no landmarks are available: ``(side, dx, dy)`` in units of the detector box's width:
