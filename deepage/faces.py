@@ -299,12 +299,13 @@ class FaceAligner:
 
     # ---- detection ---------------------------------------------------------------------------------
     def _grey(self, rgb: np.ndarray, look: Look) -> tuple[np.ndarray, float, int]:
-        """``rgb`` made ready for ``look``: ``(grey image, shrink factor, border in its pixels)``."""
+        """``rgb`` (``(H, W, 3)`` RGB, or ``(H, W)`` already grey) made ready for ``look``: ``(grey image,
+        shrink factor, border in its pixels)``."""
         h, w = rgb.shape[:2]
         side = min(self.max_side, look.max_side or self.max_side)
         shrink = min(1.0, side / max(h, w)) * look.scale
         # On the grey image: ~30 % faster than on RGB, same recall (99 % of 200 UTKFace faces).
-        grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+        grey = rgb if rgb.ndim == 2 else cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
         if shrink != 1.0:
             grey = cv2.resize(grey, (max(1, round(w * shrink)), max(1, round(h * shrink))),
                               interpolation=cv2.INTER_AREA if shrink < 1 else cv2.INTER_LINEAR)
@@ -316,7 +317,8 @@ class FaceAligner:
         return grey, shrink, p
 
     def _raw_boxes(self, rgb: np.ndarray, look: Look = Look()) -> list[tuple[tuple[float, ...], float]]:
-        """Boxes ``(x0, y0, x1, y1)`` in ``rgb``'s pixels (not clipped) with scores, from one :class:`Look`."""
+        """Boxes ``(x0, y0, x1, y1)`` in ``rgb``'s pixels (not clipped) with scores, from one :class:`Look`.
+        ``rgb``: ``(H, W, 3)`` RGB or ``(H, W)`` grey (what :meth:`_boxes` passes)."""
         o = self._build()
         grey, shrink, p = self._grey(rgb, look)
         found: list = []
@@ -372,13 +374,14 @@ class FaceAligner:
         :meth:`_second_chance` looks."""
         h, w = rgb.shape[:2]
         hog = self._build()["kind"] == "dlib"
+        grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)  # once for every look, not once per look
 
         def strong(found: list) -> list:
             return [b for b in found if b[1] >= self.min_score] if hog else found  # Haar: no scores to trust
 
         passes = []
         for look in self._looks(h, w, hog):
-            passes.append(self._raw_boxes(rgb, look))
+            passes.append(self._raw_boxes(grey, look))
             if strong(passes[-1]):
                 return strong(passes[-1])
         if not hog:
@@ -387,7 +390,7 @@ class FaceAligner:
             weak = [b for b in found if b[1] >= WEAK_SCORE]
             if weak:
                 return [max(weak, key=lambda b: b[1])]
-        return self._second_chance(rgb)
+        return self._second_chance(grey)
 
     def _second_chance(self, rgb: np.ndarray) -> list[tuple[tuple[float, float, float, float], float]]:
         """At most one box for a photo in which no HOG look found anything (dlib only), from OpenCV's two
