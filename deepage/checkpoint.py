@@ -1,12 +1,15 @@
 """Self-describing checkpoints: plain data that loads with ``torch.load(..., weights_only=True)``.
 
 Contents: ``format``, ``spec`` (model name, arguments, head, label scheme, preprocessing), ``state_dict``,
-``split_fingerprint``, ``metrics``, ``versions``, and for resumable ones the training state
-(``optimizer``, ``step``, ``epoch``, ``rng``, ...). Written atomically: temp file, fsync, rename.
+``split_fingerprint``, ``metrics``, ``versions``, for resumable ones the training state (``optimizer``,
+``step``, ``epoch``, ``rng``, ...), and once ``deepage calibrate`` has run, ``age_gates``: adult age (as a
+string) → an :class:`~deepage.answers.AgeGate` dict. Written atomically: temp file, fsync, rename.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
 import platform
 from pathlib import Path
@@ -14,11 +17,16 @@ from pathlib import Path
 import torch
 
 from . import __version__
+from .answers import AgeGate
 from .models.registry import AgeModel, ModelSpec, build_from_spec
 
-__all__ = ["save_checkpoint", "load_checkpoint", "model_from_checkpoint", "versions", "FORMAT"]
+__all__ = ["save_checkpoint", "load_checkpoint", "model_from_checkpoint", "versions", "FORMAT", "AGE_GATES_KEY",
+           "weights_digest", "read_age_gates"]
+
+log = logging.getLogger(__name__)
 
 FORMAT = "deepage-checkpoint/1"
+AGE_GATES_KEY = "age_gates"
 
 
 def versions() -> dict:
@@ -52,12 +60,74 @@ def load_checkpoint(path: str | Path) -> dict:
         raise ValueError(f"{path} is not a readable DeepAge checkpoint ({type(exc).__name__}: {exc})") from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or "spec" not in ckpt:
         raise ValueError(f"{path} is not a DeepAge checkpoint (no {FORMAT!r} format tag)")
+    try:
+        ModelSpec.from_dict(ckpt["spec"])
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        detail = f"no {exc}" if isinstance(exc, KeyError) else f"{type(exc).__name__}: {exc}"
+        raise ValueError(f"{path}: its model spec is incomplete or invalid ({detail})") from exc
+    if not isinstance(ckpt.get("state_dict"), dict):
+        raise ValueError(f"{path}: the checkpoint holds no weights ('state_dict')")
     return ckpt
 
 
-def model_from_checkpoint(path_or_ckpt: str | Path | dict) -> AgeModel:
-    """Rebuild the model a checkpoint describes and load its weights; returned in eval mode."""
+def _weights_mismatch(expected: dict, given: dict, shown: int = 3) -> str:
+    """What differs between a model's ``state_dict`` and a checkpoint's, naming at most ``shown`` keys of each
+    kind (a whole list ran to 11,000 characters)."""
+    missing = [k for k in expected if k not in given]
+    unexpected = [k for k in given if k not in expected]
+    reshaped = [f"{k} {tuple(given[k].shape)} for {tuple(expected[k].shape)}" for k in expected
+                if k in given and hasattr(given[k], "shape") and tuple(given[k].shape) != tuple(expected[k].shape)]
+    parts = []
+    for what, keys in (("missing", missing), ("unexpected", unexpected), ("of another shape", reshaped)):
+        if keys:
+            more = f", ... ({len(keys) - shown} more)" if len(keys) > shown else ""
+            parts.append(f"{len(keys)} {what} ({', '.join(keys[:shown])}{more})")
+    return "; ".join(parts)
+
+
+def model_from_checkpoint(path_or_ckpt: str | Path | dict, name: str | Path | None = None) -> AgeModel:
+    """Rebuild the model a checkpoint describes and load its weights; returned in eval mode. Weights that do
+    not fit the model raise ``ValueError`` naming ``name`` (the path when one is given) and a few keys."""
     ckpt = path_or_ckpt if isinstance(path_or_ckpt, dict) else load_checkpoint(path_or_ckpt)
+    name = name or (path_or_ckpt if not isinstance(path_or_ckpt, dict) else "checkpoint")
     model = build_from_spec(ModelSpec.from_dict(ckpt["spec"]), pretrained=False)
-    model.load_state_dict(ckpt["state_dict"])
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as exc:  # torch lists every key: one line naming a few instead
+        mismatch = _weights_mismatch(model.state_dict(), ckpt["state_dict"]) or str(exc).splitlines()[0]
+        raise ValueError(f"{name}: the weights do not fit model {model.spec.name!r}: {mismatch}") from None
     return model.eval()
+
+
+def weights_digest(state_dict: dict[str, torch.Tensor]) -> str:
+    """16 hex digits of SHA-256 over a state dict's names, dtypes, shapes and values: ties an operating
+    point (:class:`~deepage.answers.AgeGate`) to the weights it was chosen for."""
+    h = hashlib.sha256()
+    for name in sorted(state_dict):
+        t = state_dict[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def read_age_gates(ckpt: dict, source: str | Path = "checkpoint") -> dict[int, AgeGate]:
+    """The operating points stored in ``ckpt`` (adult age → :class:`AgeGate`). One chosen for other
+    weights (the file was retrained or edited since ``deepage calibrate``) is left out, with a warning."""
+    stored = ckpt.get(AGE_GATES_KEY) or {}
+    if not stored:
+        return {}
+    if not isinstance(stored, dict):
+        raise ValueError(f"{source}: its {AGE_GATES_KEY!r} is not a table of operating points")
+    digest = weights_digest(ckpt["state_dict"])
+    gates = {}
+    for age, d in stored.items():
+        try:
+            gate = AgeGate.from_dict(d)
+        except (TypeError, AttributeError) as exc:
+            raise ValueError(f"{source}: its operating point for adult age {age} is malformed ({exc})") from exc
+        if gate.weights and gate.weights != digest:
+            log.warning("%s: the operating point for adult age %s was chosen for other weights (%s, these are "
+                        "%s): ignored; calibrate again", source, age, gate.weights, digest)
+            continue
+        gates[int(age)] = gate
+    return gates

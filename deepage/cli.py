@@ -115,7 +115,25 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluation.evaluate import evaluate_checkpoint
 
     result = evaluate_checkpoint(args.checkpoint, args.data, split=args.split, out_dir=args.out,
-                                 batch_size=args.batch_size, tta_flip=args.tta)
+                                 batch_size=args.batch_size, tta_flip=args.tta, adult_age=args.adult_age)
+    print(result.summary_text())
+    if args.degrade:
+        from .evaluation.robustness import evaluate_degraded
+
+        report = evaluate_degraded(args.checkpoint, args.data, split=result.split, degradations=args.degrade,
+                                   out_dir=result.out_dir, batch_size=args.batch_size, tta_flip=args.tta)
+        print("\n".join(f"  {label}: MAE {m['mae']:.2f}, CS@5 {100 * m['cs5']:.1f} %, mean signed error "
+                        f"{m['mean_signed_error']:+.2f}" for label, m in report["conditions"].items()))
+        print(f"wrote degraded.json and degraded.md to {result.out_dir}")
+    return 0
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from .evaluation.calibrate import calibrate_checkpoint
+
+    result = calibrate_checkpoint(args.checkpoint, args.data, split=args.split, adult_age=args.adult_age,
+                                  max_minors_passed=args.max_minors_passed, max_adults_held=args.max_adults_held,
+                                  output=args.output, batch_size=args.batch_size, tta_flip=args.tta)
     print(result.summary_text())
     return 0
 
@@ -135,11 +153,29 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         return run_predict(args.paths, model=args.model, fmt=args.format, annotate_dir=args.annotate,
                            detect=not args.no_detect, explain=args.explain, backend=args.backend, tta=args.tta,
                            workers=args.workers, output=args.output, skip_existing=args.skip_existing,
-                           progress=False if args.quiet else None)
+                           progress=False if args.quiet else None, ray=args.ray, every=args.every,
+                           camera=args.camera, tracks=args.tracks, max_missed=args.max_missed,
+                           adult_age=args.adult_age)
     except KeyboardInterrupt:  # every answer made so far is already written (and flushed)
         resume = " (add --skip-existing to resume)" if args.output else ""
         print(f"\ndeepage predict: interrupted{resume}", file=sys.stderr)
         return 130
+
+
+def _workers_arg(text: str) -> int | str:
+    if text == "auto":
+        return text
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a whole number of at least 1, got {text!r}")
+    return int(text)
+
+
+def _adult_age_arg(text: str) -> int | str | None:
+    if text in ("auto", "off"):
+        return None if text == "off" else text
+    if not text.isdigit() or not 1 <= int(text) <= 100:
+        raise argparse.ArgumentTypeError(f"expected an age from 1 to 100, 'auto' or 'off', got {text!r}")
+    return int(text)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -154,7 +190,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from .inference.server import serve
 
     serve(host=args.host, port=args.port, model=args.model, max_concurrency=args.max_concurrency,
-          workers=args.workers, request_timeout_s=args.timeout, max_upload_bytes=int(args.max_upload_mb * 2**20))
+          workers=args.workers, request_timeout_s=args.timeout, max_upload_bytes=int(args.max_upload_mb * 2**20),
+          max_uploads=args.max_uploads, upload_timeout_s=args.upload_timeout)
     return 0
 
 
@@ -288,6 +325,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output folder (None: eval-SPLIT beside the checkpoint)")
     p.add_argument("--batch-size", type=int, default=128, help="images per forward pass")
     p.add_argument("--tta", action="store_true", help="average with the mirrored image")
+    p.add_argument("--adult-age", type=int, default=None, metavar="AGE",
+                   help="also score the minor/adult check at the operating point stored for AGE (deepage "
+                   "calibrate): minors passed as adults, adults held as minors, unsure; ROC and PR of 'minor'")
+    # const: deepage.degradations.DEFAULT_DEGRADATIONS (not imported: the parser loads no NumPy/OpenCV)
+    p.add_argument("--degrade", nargs="?", const="noise,grey,sepia,cast,blur,down,jpeg", default=None,
+                   metavar="NAME[=STRENGTH],...",
+                   help="also score the split under each degradation (alone): noise=12 (sigma, grey levels), grey, "
+                   "sepia, cast=0.15 (channel gain), blur=2 (sigma, px), down=50 (px side), jpeg=15 (quality); "
+                   "given alone: all of them at these strengths")
+
+    p = _add(sub, "calibrate", "choose the minor/adult check's two thresholds on P(age >= AGE) on a split (the "
+             "validation one) and store them in the checkpoint",
+             "deepage calibrate runs/mobilenet_v2_dex/best.pt --data work/utk128.h5 --split val --adult-age 18",
+             _cmd_calibrate)
+    p.add_argument("checkpoint", help="a deepage checkpoint (.pt); rewritten in place unless -o is given")
+    p.add_argument("--data", required=True, help="ingested HDF5 file with a saved split")
+    p.add_argument("--split", default="val", choices=["train", "val", "test", "all"],
+                   help="the images to choose on (all: a data set the model never trained on)")
+    p.add_argument("--adult-age", type=int, default=18, metavar="AGE", help="a face is a minor under AGE years")
+    p.add_argument("--max-minors-passed", type=float, default=0.01, metavar="SHARE",
+                   help="at most this share of the minors decided 'adult'")
+    p.add_argument("--max-adults-held", type=float, default=0.05, metavar="SHARE",
+                   help="at most this share of the adults decided 'minor'")
+    p.add_argument("-o", "--output", default=None, help="write the calibrated checkpoint here instead")
+    p.add_argument("--batch-size", type=int, default=128, help="images per forward pass")
+    p.add_argument("--tta", action="store_true", help="score with the mirrored image too (then predict with --tta)")
 
     p = _add(sub, "compare", "leaderboard over run folders (markdown, CSV and a bar chart)",
              "deepage compare runs/* --out leaderboard", _cmd_compare)
@@ -296,23 +359,39 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _add(sub, "predict", "estimate ages in photos (files or folders): faces found, aligned, aged; answers are "
              "written as they are made, and a bar shows progress on a terminal",
-             "deepage predict holiday/ --format csv -o ages.csv --workers 2\n"
+             "deepage predict holiday/ --format csv -o ages.csv --adult-age 18\n"
              "resume:  deepage predict holiday/ --format csv -o ages.csv --skip-existing", _cmd_predict)
-    p.add_argument("paths", nargs="+", help="image files and folders (searched recursively)")
+    p.add_argument("paths", nargs="*", help="image files and folders (searched recursively), or video files "
+                   "(.mp4 .avi .mov .mkv .webm ...: faces tracked, one steady age per person)")
     p.add_argument("--model", default=None, help="checkpoint (.pt) or .onnx file (None: the bundled model)")
     p.add_argument("--format", default="table", choices=["table", "json", "csv"],
                    help="table: readable lines; json: one object per image per line; csv: one row per face")
     p.add_argument("-o", "--output", default=None, help="write the answers to this file (None: stdout)")
     p.add_argument("--skip-existing", action="store_true",
                    help="resume into --output: skip the images an earlier run already wrote there")
-    p.add_argument("--annotate", default=None, help="folder for copies with boxes and ages drawn")
+    p.add_argument("--annotate", default=None,
+                   help="folder for copies with boxes and ages drawn (a video: the .mp4 to write)")
     p.add_argument("--no-detect", action="store_true", help="images are already face crops")
     p.add_argument("--explain", action="store_true", help="AL models: draw the attended regions")
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx"],
                    help="auto: ONNX Runtime for .onnx files, and for checkpoints when it is installed")
     p.add_argument("--tta", action="store_true", help="also read the mirror image and average (2x the model cost)")
-    p.add_argument("--workers", type=int, default=1, help="processes that decode and find faces")
+    p.add_argument("--workers", type=_workers_arg, default="auto",
+                   help="processes that decode and find faces (auto: one per core, at most one per image)")
+    p.add_argument("--adult-age", type=_adult_age_arg, default="auto", metavar="AGE",
+                   help="each face's P(age >= AGE) and decision adult/minor/unsure, at the operating point "
+                   "stored with the model for AGE (deepage calibrate); auto: 18 when the model has one; off")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="answer on Ray actors (needs the 'ray' extra), the same rows: alone, a Ray on this "
+                   "machine; 'auto' or ray://HOST:PORT, that cluster (files readable from every node)")
+    v = p.add_argument_group("video (deepage predict clip.mp4 --annotate out.mp4 --tracks tracks.csv)")
+    v.add_argument("--every", type=int, default=1, metavar="N", help="videos: read every N-th frame")
+    v.add_argument("--camera", type=int, default=None, metavar="INDEX", help="read this camera (Ctrl-C ends)")
+    v.add_argument("--tracks", default=None, metavar="FILE",
+                   help="videos: write one row per person (track) here, CSV (.csv) or JSON lines")
+    v.add_argument("--max-missed", type=int, default=None, metavar="K",
+                   help="videos: a track ends after K processed frames without its face (default 10)")
 
     p = _add(sub, "export", "export a checkpoint to ONNX (dynamic batch axis, the model's spec in the file), "
              "checked against PyTorch before it is written; needs the 'onnx' extra",
@@ -329,13 +408,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="inference threads")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds before a request gets 504")
     p.add_argument("--max-upload-mb", type=float, default=10.0, help="larger uploads get 413")
+    p.add_argument("--max-uploads", type=int, default=64, help="request bodies received at once; more get 503")
+    p.add_argument("--upload-timeout", type=float, default=20.0,
+                   help="seconds a client has to send its whole body; a slower one gets 408")
 
     _add(sub, "demo", "find the face in a bundled photo and print its age", "deepage demo", _cmd_demo)
     return parser
 
 
 _EXTRAS = {"fastapi": "serve", "starlette": "serve", "uvicorn": "serve", "multipart": "serve",
-           "python_multipart": "serve", "onnx": "onnx", "onnxruntime": "onnx", "onnxscript": "onnx"}
+           "python_multipart": "serve", "onnx": "onnx", "onnxruntime": "onnx", "onnxscript": "onnx",
+           "ray": "ray", "pyarrow": "ray"}
 """Top-level module → the extra of pyproject.toml that installs it."""
 
 
@@ -365,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(exc, ImportError):
             message, status = _missing_module(exc)
         elif isinstance(exc, (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError,
-                              ValueError)):
+                              ValueError)) or type(exc).__name__ == "DecompressionBombError":  # Pillow's: bad input
             message, status = _one_line(exc), 2
         elif isinstance(exc, (RuntimeError, OSError)):
             message, status = _one_line(exc), 1

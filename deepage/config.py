@@ -55,8 +55,13 @@ class TrainConfig:
     label_smoothing: float = 0.0  # classes head
     class_weights: bool = False  # classes head: inverse-frequency weights
     augment: bool = True  # the study's data_augmentation switch
+    photo_augment: bool = False  # old/cheap-photo degradations (noise, grey, sepia, cast, blur, down, JPEG)
     ema_decay: float = 0.0  # 0: off; else weights are averaged (EMA) and the average is evaluated and saved
     grad_clip: float = 0.0
+    # transfer: the pretrained trunk (every backbone parameter but its "neck") learns at lr * backbone_lr_mult,
+    # and is frozen for the first linear_probe_epochs (the head learns on fixed features first: LP-FT)
+    backbone_lr_mult: float = 1.0
+    linear_probe_epochs: float = 0.0
     # budgets and stopping
     max_minutes: float | None = None
     max_steps: int | None = None
@@ -101,6 +106,8 @@ class TrainConfig:
         for key in ("label_smoothing", "class_weights"):
             if key in self.head_kwargs:
                 raise ValueError(f"config field 'head_kwargs': set {key!r} as its own config field")
+        if self.backbone_lr_mult < 0 or self.linear_probe_epochs < 0:
+            raise ValueError("config: backbone_lr_mult and linear_probe_epochs must be >= 0")
         if self.batch_size < 1 or self.epochs < 1:
             raise ValueError("config: batch_size and epochs must be positive")
 
@@ -145,7 +152,7 @@ def _convert(value: Any, annotation: Any, key: str) -> Any:
         return str(value)
     if origin is dict or annotation is dict:
         if isinstance(value, str):
-            value = yaml.safe_load(value)
+            value = _yaml(value, f"config field {key!r}")
         if not isinstance(value, dict):
             raise ValueError(f"config field {key!r}: expected a mapping, got {value!r}")
         return value
@@ -161,6 +168,17 @@ def _build(cls: type[T], values: dict, origin: str) -> T:
     return cls(**converted)
 
 
+def _yaml(text: str, origin: str) -> Any:
+    """``yaml.safe_load(text)``; a syntax error is a one-line ``ValueError`` naming ``origin`` and the line."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise ValueError(f"{origin}: not valid YAML ({problem}{where})") from None
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
                 cls: type[T] = TrainConfig) -> T:
     """Defaults, then the YAML file at ``path``, then ``key=value`` overrides."""
@@ -169,7 +187,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"config file {path} not found")
-        loaded = yaml.safe_load(path.read_text()) or {}
+        loaded = _yaml(path.read_text(), str(path)) or {}
         if not isinstance(loaded, dict):
             raise ValueError(f"{path}: a config file must be a mapping of key: value")
         values.update(loaded)
@@ -184,7 +202,7 @@ def apply_overrides(config: T, overrides: list[str] | tuple[str, ...]) -> T:
         if "=" not in item:
             raise ValueError(f"override {item!r} must look like key=value")
         key, raw = item.split("=", 1)
-        values[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+        values[key.strip()] = _yaml(raw, f"override {item!r}") if raw.strip() else ""
     return _build(type(config), values, "command-line overrides")
 
 

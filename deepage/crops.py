@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from .faces import FaceAligner
-from .imageio import ImageDecodeError, decode_image, square_resize, to_rgb_uint8
+from .imageio import ImageDecodeError, decode_image, read_image_file, square_resize, to_rgb_uint8
 
 __all__ = ["load_rgb", "check_image_size", "Crop", "PreparedImage", "CropMaker", "MIN_IMAGE_SIDE",
            "IDENTITY", "init_worker", "worker_prepare_many"]
@@ -34,20 +34,15 @@ IDENTITY = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
 def load_rgb(image, name: str | None = None) -> tuple[np.ndarray, str]:
     """Any accepted input → ``((H, W, 3) uint8 RGB, source name)``.
 
-    Accepts a path (``str``/``Path``), encoded ``bytes``, a PIL image (EXIF orientation applied) or an array
-    ``(H, W)``, ``(H, W, 3)`` **RGB** or ``(H, W, 4)`` RGBA (uint8, uint16 or float in [0, 1]).
-    Raises :class:`ImageDecodeError` (naming the file) for unreadable, oversized or non-image data.
+    Accepts a path (``str``/``Path``: a regular file of at most :data:`~deepage.imageio.MAX_FILE_BYTES`),
+    encoded ``bytes``, a PIL image (EXIF orientation applied) or an array ``(H, W)``, ``(H, W, 3)`` **RGB** or
+    ``(H, W, 4)`` RGBA (uint8, uint16 or float in [0, 1]).
+    Raises :class:`ImageDecodeError` (naming the file) for unreadable, oversized or non-image data, and for a
+    path that is not a regular file (a FIFO, a device, a folder), without blocking on it.
     """
     if isinstance(image, (str, Path)):
-        path = Path(image)
-        name = name or str(path)
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            raise ImageDecodeError(name, "file not found") from None
-        except OSError as exc:
-            raise ImageDecodeError(name, f"cannot read ({exc.strerror or exc})") from exc
-        return decode_image(data, name), name
+        name = name or str(image)
+        return decode_image(read_image_file(image, name=name), name), name  # a regular file, at most 64 MiB
     if isinstance(image, (bytes, bytearray, memoryview)):
         name = name or "<bytes>"
         return decode_image(bytes(image), name), name

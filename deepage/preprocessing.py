@@ -34,6 +34,8 @@ NORMALIZATIONS: dict[str, tuple[tuple[float, float, float], tuple[float, float, 
     "imagenet": (IMAGENET_MEAN, IMAGENET_STD),  # torchvision / timm PyTorch-trained weights
     "inception": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),  # TensorFlow-trained weights (EfficientNet-Lite): [-1, 1]
     "unit": None,  # /255 only: the study's from-scratch networks
+    # dlib's input_rgb_image: (x - mean) / 256 (dlib's face-recognition ResNet)
+    "dlib": ((122.782 / 255, 117.001 / 255, 104.298 / 255), (256 / 255, 256 / 255, 256 / 255)),
 }
 
 

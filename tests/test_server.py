@@ -213,8 +213,10 @@ def test_huge_dimensions_are_415(live):
     ({"data": {"file": "not a file"}, "files": {"other": ("a", b"x")}}, 422, r"must be a file upload"),
     ({"content": b"garbage\r\n--xyz\r\n", "headers": {"content-type": "multipart/form-data; boundary=xyz"}},
      400, r"malformed multipart"),
-    ({"content": b"--xyz\r\n", "headers": {"content-type": "multipart/form-data; boundary=xyz"}},
+    ({"content": b"--xyz--\r\n", "headers": {"content-type": "multipart/form-data; boundary=xyz"}},
      422, r"'file' is missing \(the form is empty\)"),
+    ({"content": b"--xyz\r\n", "headers": {"content-type": "multipart/form-data; boundary=xyz"}},  # issue 17:
+     400, r"malformed multipart body: it does not end with the closing delimiter '--xyz--'"),        # was 422
     ({"content": b"x", "headers": {"content-type": "multipart/form-data"}}, 400, r"missing boundary"),
     ({"content": b"", "headers": {"content-type": "image/jpeg"}}, 415, r"empty"),
     ({"json": {"file": "x"}}, 415, r"got Content-Type 'application/json'"),

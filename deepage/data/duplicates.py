@@ -15,6 +15,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from .h5file import open_h5
 from .split import SPLIT_NAMES, read_split
 
 __all__ = ["DuplicateGroup", "duplicate_report", "conflicting_rows", "write_duplicates_csv"]
@@ -56,7 +57,7 @@ def _groups_of(f: h5py.File, path: Path) -> np.ndarray:
 def duplicate_report(path: str | Path) -> list[DuplicateGroup]:
     """Every group of two or more images in a split file, largest age spread first."""
     path = Path(path)
-    with h5py.File(path, "r") as f:
+    with open_h5(path) as f:
         groups = _groups_of(f, path)
         split, _ = read_split(f)
         names = f["filename"].asstr()[:]

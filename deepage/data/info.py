@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 from ..labels import get_scheme
 from .duplicates import conflicting_rows
+from .h5file import open_h5
 from .split import SPLIT_NAMES, read_split
 
 __all__ = ["dataset_info", "format_info"]
@@ -19,7 +19,7 @@ def dataset_info(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
-    with h5py.File(path, "r") as f:
+    with open_h5(path) as f:
         if "age" not in f:
             raise ValueError(f"{path} is not a DeepAge ingest file (no 'age' dataset)")
         ages = f["age"][:]

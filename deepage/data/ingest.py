@@ -45,7 +45,16 @@ import numpy as np
 
 from .. import __version__
 from ..faces import NoFaceError
-from ..imageio import RESIZE_METHOD, ImageDecodeError, content_hash, decode_image, perceptual_hash, square_resize
+from ..imageio import (
+    IMAGE_SUFFIXES,
+    RESIZE_METHOD,
+    ImageDecodeError,
+    content_hash,
+    decode_image,
+    perceptual_hash,
+    square_resize,
+)
+from .h5file import open_h5
 from .sources import (
     LABEL_FORMATS,
     MAX_FILE_MB,
@@ -186,7 +195,7 @@ def _skipped_rows(f: h5py.File) -> list[tuple[str, str]]:
 
 def read_summary(path: Path) -> IngestSummary:
     """The summary of an already finished ingest file."""
-    with h5py.File(path, "r") as f:
+    with open_h5(path) as f:
         skipped = _skipped_rows(f)
         n_images = int(f.attrs["n_images"])
     return IngestSummary(output=Path(path), n_entries=n_images + len(skipped), n_images=n_images,
@@ -347,10 +356,13 @@ def _run_forked(blocks: Iterable[list[Entry]], work: Callable, commit: Callable,
         shared.close()
 
 
-def _check_arguments(size: int, label_format: str, labels_csv: Path | None, max_file_mb: float) -> None:
+def _check_arguments(size: int, label_format: str, labels_csv: Path | None, max_file_mb: float,
+                     workers: int | None = None) -> None:
     """Everything that can be refused before a file is written."""
     if size < 16:
         raise ValueError(f"--size must be at least 16 pixels, got {size}")
+    if workers is not None and workers < 1:
+        raise ValueError(f"--workers must be at least 1 (or left out: every core), got {workers}")
     if label_format not in LABEL_FORMATS:
         raise ValueError(f"--format {label_format!r}: choose one of {sorted(LABEL_FORMATS)}")
     if max_file_mb <= 0:
@@ -384,10 +396,15 @@ def ingest(
     """
     source, output = Path(source), Path(output)
     labels_csv = Path(labels_csv) if labels_csv else None
-    _check_arguments(size, label_format, labels_csv, max_file_mb)
+    _check_arguments(size, label_format, labels_csv, max_file_mb, workers)
+    if output.is_dir():
+        raise IsADirectoryError(f"-o {output} is a folder: give the HDF5 file to write, e.g. {output / 'data.h5'}")
     if output.exists() and not overwrite:
-        with h5py.File(output, "r") as f:
-            done = bool(f.attrs.get("complete", False))
+        try:
+            with open_h5(output) as f:
+                done = bool(f.attrs.get("complete", False))
+        except ValueError as exc:
+            raise FileExistsError(f"{exc}; it exists: delete it, choose another -o, or pass --overwrite") from None
         if done:
             return read_summary(output)
         raise FileExistsError(f"{output} exists but is not a finished ingest; delete it or pass --overwrite")
@@ -399,6 +416,9 @@ def ingest(
     try:
         writer = _BlockWriter(f, partial_file.progress, settings, summary, progress)
         _ingest_entries(source, labels_csv, size, workers, align, label_format, max_file_mb, block_size, writer)
+        if summary.n_entries == 0:
+            raise ValueError(f"{source} holds no image files (looked for {', '.join(IMAGE_SUFFIXES)}); nothing "
+                             "was written")
         f.attrs.update({"n_images": summary.n_images, "n_skipped": summary.n_skipped, "complete": True})
     except BaseException:
         f.close()

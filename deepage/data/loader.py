@@ -14,8 +14,10 @@ import h5py
 import numpy as np
 import torch
 
+from ..degradations import PhotoAugmentation, photo_augment
 from ..preprocessing import Augmentation, Preprocessing, prepare_batch
 from .duplicates import conflicting_rows
+from .h5file import open_h5, require_datasets
 from .split import SPLIT_NAMES, read_split
 
 __all__ = ["FaceData", "Batch", "FaceBatches", "load_split"]
@@ -59,9 +61,10 @@ def load_split(path: str | Path, split: str = "train", max_memory_gb: float = 8.
     of a duplicate group whose members carry different ages (see ``deepage duplicates``).
     """
     path = Path(path)
-    with h5py.File(path, "r") as f:
+    with open_h5(path) as f:
         if not f.attrs.get("complete", False):
             raise ValueError(f"{path} is not a finished ingest")
+        require_datasets(f, path)  # a file marked complete may still lack them (written by something else)
         assignment, fp = read_split(f)
         n = f["age"].shape[0]
         if split == "all":
@@ -113,15 +116,16 @@ class Batch:
 class FaceBatches:
     """Iterate over a :class:`FaceData` in batches.
 
-    Deterministic for a seed: epoch ``e`` shuffles with ``seed + e`` (call :meth:`set_epoch`). With
+    Deterministic for a seed: epoch ``e`` shuffles with ``seed + e`` (call :meth:`set_epoch`). ``photo``:
+    the old-photo degradations of :mod:`deepage.degradations`, drawn from the same per-batch generator. With
     ``world_size > 1`` each rank takes every ``world_size``-th image of the shuffled order (its shard).
     Evaluation (``shuffle=False, drop_last=False``) visits every image exactly once.
     """
 
     def __init__(self, data: FaceData, pre: Preprocessing, batch_size: int = 64, shuffle: bool = False,
                  augment: Augmentation | None = None, drop_last: bool = False, seed: int = 0,
-                 rank: int = 0, world_size: int = 1) -> None:
-        self.data, self.pre, self.batch_size = data, pre, batch_size
+                 rank: int = 0, world_size: int = 1, photo: PhotoAugmentation | None = None) -> None:
+        self.data, self.pre, self.batch_size, self.photo = data, pre, batch_size, photo
         self.shuffle, self.augment, self.drop_last, self.seed = shuffle, augment, drop_last, seed
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
@@ -158,9 +162,11 @@ class FaceBatches:
                 continue
             idx = order[start : start + self.batch_size]
             gen = None
-            if self.augment is not None:
+            if self.augment is not None or self.photo is not None:
                 gen = torch.Generator().manual_seed(
                     hash((self.seed, self.epoch, number, self.rank)) & 0x7FFF_FFFF_FFFF_FFFF)
             images = self.data.read_images(idx)
+            if self.photo is not None:  # old-photo degradations on the stored uint8 images, before the geometry
+                images = photo_augment(images, self.photo, gen)
             x = prepare_batch(images, self.pre, self.augment, gen)
             yield Batch(x=x, age=self.data.age[torch.as_tensor(idx)], index=torch.as_tensor(idx))

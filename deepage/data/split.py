@@ -44,6 +44,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from ..labels import get_scheme
+from .h5file import open_h5, require_datasets
 
 __all__ = ["SPLIT_NAMES", "duplicate_groups", "same_photo_pairs", "grey_thumbnails", "assign_splits",
            "split_dataset", "SplitInfo", "export_csv", "read_split", "copy_split"]
@@ -198,9 +199,10 @@ def split_dataset(path: str | Path, test: float = 0.2, val: float = 0.1, seed: i
     if not (0 <= test < 1 and 0 <= val < 1 and test + val < 1):
         raise ValueError(f"--test and --val must be fractions with test + val < 1, got test={test}, val={val}")
     scheme = get_scheme(stratify)
-    with h5py.File(path, "r+") as f:
+    with open_h5(path, "r+") as f:
         if not f.attrs.get("complete", False):
             raise ValueError(f"{path} is not a finished ingest (run deepage ingest first)")
+        require_datasets(f, path, ("images", "age", "sha1", "phash"))
         sha1, phash, ages = f["sha1"][:], f["phash"][:], f["age"][:]
         thumbs = grey_thumbnails(f["images"]) if pixel_check else None
         groups = duplicate_groups(sha1, phash, near_threshold, thumbs=thumbs)
@@ -236,14 +238,14 @@ def copy_split(source: str | Path, target: str | Path) -> SplitInfo:
     resolutions. Images are matched by file-content hash (SHA-1), which is what the fingerprint covers, so
     the row order may differ; every image of ``target`` must be in ``source``.
     """
-    with h5py.File(source, "r") as f:
+    with open_h5(source) as f:
         src_split, _ = read_split(f)
         if src_split is None:
             raise ValueError(f"{source} has no saved split; run deepage split on it first")
         src_sha1, src_groups = f["sha1"][:], f["dup_group"][:]
         settings = {k: f.attrs[k] for k in SPLIT_SETTINGS if k in f.attrs}
     row_of = {bytes(s): i for i, s in enumerate(src_sha1)}
-    with h5py.File(target, "r+") as f:
+    with open_h5(target, "r+") as f:
         if not f.attrs.get("complete", False):
             raise ValueError(f"{target} is not a finished ingest (run deepage ingest first)")
         sha1, names = f["sha1"][:], f["filename"].asstr()[:]
@@ -263,7 +265,7 @@ def read_split(f: h5py.File) -> tuple[np.ndarray | None, str]:
 
 def export_csv(path: str | Path, out: str | Path) -> int:
     """Write ``filename,split`` for every image; returns the number of rows."""
-    with h5py.File(path, "r") as f:
+    with open_h5(path) as f:
         split, _ = read_split(f)
         if split is None:
             raise ValueError(f"{path} has no saved split; run deepage split first")

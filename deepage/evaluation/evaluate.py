@@ -6,6 +6,11 @@
   fingerprints, the inference speed, the model spec and any warnings;
 * ``predictions.csv``: one row per image (position, HDF5 row, true age, gender, race, predictions);
 * the PNG plots of :func:`~deepage.evaluation.plots.make_plots` and ``report.md``.
+
+With ``adult_age`` the minor/adult check at the operating point stored in the checkpoint (``deepage
+calibrate``) is scored too: ``metrics.json`` gains ``minors_passed_as_adults``, ``adults_held_as_minors``,
+``unsure`` and an ``age_gate`` section (by gender, race and age band), and ``minor_<age>.png`` the ROC and
+precision-recall curves of "minor".
 """
 
 from __future__ import annotations
@@ -16,21 +21,22 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import h5py
 import numpy as np
 import torch
 
-from ..checkpoint import load_checkpoint, model_from_checkpoint
+from ..answers import AgeGate, check_adult_age, p_at_least
+from ..checkpoint import load_checkpoint, model_from_checkpoint, read_age_gates
+from ..data.h5file import open_h5
 from ..data.loader import FaceBatches, FaceData, load_split
 from ..data.split import read_split
 from ..models.registry import AgeModel
 from ..preprocessing import Preprocessing
-from .metrics import full_metrics, json_safe
-from .plots import make_plots
+from .metrics import age_gate_metrics, full_metrics, json_safe
+from .plots import make_plots, plot_minor_curves
 from .predictions import Predictions, collect_predictions
 from .report import fmt_num, fmt_pct, headline, write_report
 
-__all__ = ["EvaluationResult", "evaluate_checkpoint", "write_predictions_csv"]
+__all__ = ["EvaluationResult", "evaluate_checkpoint", "write_predictions_csv", "stored_age_gate"]
 
 
 @dataclass
@@ -55,6 +61,11 @@ class EvaluationResult:
                     f"{fmt_pct(m[s]['one_off'])}, macro F1 {fmt_num(m[s]['macro_f1'], 3)}, "
                     f"macro AUC {fmt_num(m[s]['macro_auc'], 3)}"
                 )
+        if "age_gate" in m:
+            g = m["age_gate"]
+            lines.append(f"  adult age {g['operating_point']['adult_age']}: minors passed as adults "
+                         f"{fmt_pct(g['minors_passed_as_adults'])}, adults held as minors "
+                         f"{fmt_pct(g['adults_held_as_minors'])}, unsure {fmt_pct(g['unsure'])}")
         lines.append(
             f"  inference {fmt_num(m['speed']['images_per_second'], 1)} images/s on {m['speed']['device']}"
         )
@@ -66,7 +77,7 @@ class EvaluationResult:
 
 
 def _has_saved_split(path: Path) -> bool:
-    with h5py.File(path, "r") as f:
+    with open_h5(path) as f:
         assignment, _ = read_split(f)
     return assignment is not None
 
@@ -154,6 +165,30 @@ def _provenance(checkpoint: Path, data: Path, split: str, requested: str, face_d
     }
 
 
+def stored_age_gate(ckpt: dict, checkpoint: Path, adult_age: int) -> AgeGate:
+    """The operating point for ``adult_age`` stored in ``ckpt``, or a ``ValueError`` saying how to make one."""
+    adult_age = check_adult_age(adult_age)
+    gates = read_age_gates(ckpt, checkpoint)
+    if adult_age not in gates:
+        have = ", ".join(map(str, sorted(gates))) or "none"
+        raise ValueError(f"{checkpoint} has no operating point for adult age {adult_age} (stored: {have}): "
+                         f"choose one on the validation split first: deepage calibrate {checkpoint} --data "
+                         f"DATA.h5 --split val --adult-age {adult_age}")
+    return gates[adult_age]
+
+
+def _age_gate_part(gate: AgeGate, preds: Predictions, gender: np.ndarray, race: np.ndarray, tta_flip: bool,
+                   warn: list[str]) -> tuple[dict, np.ndarray]:
+    """The ``age_gate`` metrics of ``preds`` at ``gate`` and the ``(N,)`` ``P(age >= adult age)``."""
+    if preds.age_probs is None:
+        raise ValueError("the minor/adult check needs a head with an age distribution (dex or coral)")
+    if gate.tta_flip != tta_flip:
+        warn.append(f"the operating point for adult age {gate.adult_age} was chosen with flip TTA "
+                    f"{'on' if gate.tta_flip else 'off'}, this evaluation has it {'on' if tta_flip else 'off'}")
+    p_adult = p_at_least(preds.age_probs, gate.adult_age)
+    return age_gate_metrics(preds.age_true, p_adult, gate, gender=gender, race=race), p_adult
+
+
 def evaluate_checkpoint(
     checkpoint: str | Path,
     data: str | Path,
@@ -163,6 +198,7 @@ def evaluate_checkpoint(
     tta_flip: bool = False,
     device: str | torch.device | None = None,
     plots: bool = True,
+    adult_age: int | None = None,
 ) -> EvaluationResult:
     """Evaluate ``checkpoint`` on ``split`` (``train``, ``val``, ``test`` or ``all``) of ingested ``data``.
 
@@ -170,6 +206,8 @@ def evaluate_checkpoint(
     saved split is evaluated whole (split ``all``), which the result says. The split fingerprint of the
     data is compared with the checkpoint's; a mismatch is reported as possible leakage. ``device``:
     ``"cuda"`` when available unless given. ``plots=False`` skips the PNGs (about half a second each).
+    ``adult_age``: also score the minor/adult check at the checkpoint's stored operating point for that age
+    (``ValueError`` when it has none).
     """
     checkpoint, data = Path(checkpoint), Path(data)
     if not data.is_file():
@@ -177,7 +215,8 @@ def evaluate_checkpoint(
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     ckpt = load_checkpoint(checkpoint)
-    model = model_from_checkpoint(ckpt)
+    model = model_from_checkpoint(ckpt, name=checkpoint)
+    gate = None if adult_age is None else stored_age_gate(ckpt, checkpoint, adult_age)
     warn: list[str] = []
     requested = split
     if split != "all" and not _has_saved_split(data):
@@ -187,12 +226,19 @@ def evaluate_checkpoint(
     if len(face_data) == 0:
         raise ValueError(f"split '{split}' of {data} holds no images")
     warn += _split_warnings(face_data, data, split, ckpt, model.spec.preprocessing)
+    if gate is not None and (gate.split, gate.data_fingerprint) == (split, face_data.fingerprint):
+        warn.append(f"split '{split}' is the one the operating point for adult age {gate.adult_age} was chosen "
+                    "on: its rates meet the targets by construction; the test split's are the honest ones")
 
     dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     preds, seconds = _timed_predictions(model, face_data, batch_size, dev, tta_flip)
     order = np.asarray(preds.index)
     gender, race = face_data.gender.numpy()[order], face_data.race.numpy()[order]
     metrics = full_metrics(preds, gender=gender, race=race)
+    if gate is not None:
+        metrics["age_gate"], p_adult = _age_gate_part(gate, preds, gender, race, tta_flip, warn)
+        metrics.update({k: metrics["age_gate"][k] for k in ("minors_passed_as_adults", "adults_held_as_minors",
+                                                           "unsure")})
     speed = {"images_per_second": len(preds) / seconds if seconds > 0 else None, "seconds": seconds,
              "batch_size": batch_size, "device": str(dev), "threads": torch.get_num_threads(), "tta_flip": tta_flip}
     metrics.update(json_safe(_provenance(checkpoint, data, split, requested, face_data, ckpt, speed, warn)))
@@ -202,6 +248,8 @@ def evaluate_checkpoint(
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1, allow_nan=False))
     write_predictions_csv(out / "predictions.csv", preds, face_data.rows[order], gender, race)
     written = make_plots(preds, metrics, out) if plots else []
+    if plots and gate is not None:
+        written.append(plot_minor_curves(preds.age_true, p_adult, gate, out / f"minor_{gate.adult_age}.png"))
     write_report(metrics, out, written)
     return EvaluationResult(
         metrics=metrics, out_dir=out, checkpoint=checkpoint, split=split, plots=written, warnings=warn

@@ -26,12 +26,14 @@ from collections.abc import Sequence
 import numpy as np
 from sklearn.metrics import (
     accuracy_score,
+    average_precision_score,
     balanced_accuracy_score,
     confusion_matrix,
     precision_recall_fscore_support,
     roc_auc_score,
 )
 
+from ..answers import AgeGate
 from ..labels import get_scheme
 from .predictions import Predictions
 
@@ -52,6 +54,10 @@ __all__ = [
     "RACE_NAMES",
     "group_names",
     "json_safe",
+    "age_bands",
+    "age_gate_rates",
+    "age_gate_metrics",
+    "AGE_BAND_EDGES",
 ]
 
 GENDER_NAMES = {0: "male", 1: "female", -1: "unknown"}
@@ -278,6 +284,7 @@ def _subset(preds: Predictions, mask: np.ndarray) -> Predictions:
         class_probs={k: np.asarray(v)[mask] for k, v in preds.class_probs.items()},
         index=None if preds.index is None else np.asarray(preds.index)[mask],
         age_interval=None if preds.age_interval is None else np.asarray(preds.age_interval)[mask],
+        age_probs=None if preds.age_probs is None else np.asarray(preds.age_probs)[mask],
     )
 
 
@@ -309,4 +316,64 @@ def full_metrics(
         out[key] = {
             name: prediction_metrics(_subset(preds, mask)) for name, mask in group_names(codes, names).items()
         }
+    return json_safe(out)
+
+
+# ---- the minor/adult check -----------------------------------------------------------------------------
+AGE_BAND_EDGES = (0, 13, 18, 21, 26, 36, 56)
+"""First ages of the bands the minor/adult rates are broken down by (the adult age is added as an edge)."""
+
+
+def age_bands(adult_age: int) -> list[tuple[str, int, int]]:
+    """``(name, first age, last age + 1)`` per band of :data:`AGE_BAND_EDGES` plus ``adult_age``:
+    ``age_bands(18)[1]`` → ``("13-17", 13, 18)``; the last band is open (``"56+"``)."""
+    edges = sorted(set(AGE_BAND_EDGES) | {int(adult_age)})
+    bands = []
+    for lo, hi in zip(edges, edges[1:] + [10_000], strict=True):
+        name = f"{lo}+" if hi == 10_000 else str(lo) if hi == lo + 1 else f"{lo}-{hi - 1}"
+        bands.append((name, lo, hi))
+    return bands
+
+
+def age_gate_rates(age_true: np.ndarray, decision: np.ndarray, adult_age: int) -> dict:
+    """The check's error rates for ``(N,)`` true ages and ``(N,)`` decisions (``adult``/``minor``/``unsure``):
+    ``minors_passed_as_adults`` (share of the faces under ``adult_age`` decided adult),
+    ``adults_held_as_minors`` (share of the others decided minor), ``unsure`` (share of all faces), and the
+    share of each decision; a share of no faces is ``None``."""
+    age_true, decision = np.asarray(age_true), np.asarray(decision)
+    minor = age_true < adult_age
+
+    def share(mask: np.ndarray, value: str) -> float | None:
+        return float(np.mean(decision[mask] == value)) if mask.any() else None
+
+    everyone = np.ones(len(age_true), bool)
+    return {"n": int(len(age_true)), "n_minors": int(minor.sum()), "n_adults": int((~minor).sum()),
+            "minors_passed_as_adults": share(minor, "adult"), "adults_held_as_minors": share(~minor, "minor"),
+            "unsure": share(everyone, "unsure"), "decided_adult": share(everyone, "adult"),
+            "decided_minor": share(everyone, "minor")}
+
+
+def age_gate_metrics(age_true: np.ndarray, p_adult: np.ndarray, gate: AgeGate, gender: np.ndarray | None = None,
+                     race: np.ndarray | None = None) -> dict:
+    """:func:`age_gate_rates` of ``gate``'s decisions on ``(N,)`` ``p_adult`` (``P(age >= gate.adult_age)``),
+    overall and ``by_gender``, ``by_race`` (UTKFace codes, ``(N,)``) and ``by_age_band`` (:func:`age_bands`),
+    plus the threshold-free ranking quality of "minor" (score ``1 - p_adult``): ``minor_roc_auc`` and
+    ``minor_average_precision`` (area under the precision-recall curve), and the ``operating_point``."""
+    age_true, p = np.asarray(age_true), np.asarray(p_adult, np.float64)
+    decision = gate.decide(p)
+    minor = age_true < gate.adult_age
+    out = age_gate_rates(age_true, decision, gate.adult_age)
+    both = bool(minor.any() and (~minor).any())
+    out["minor_roc_auc"] = float(roc_auc_score(minor, 1 - p)) if both else None
+    out["minor_average_precision"] = float(average_precision_score(minor, 1 - p)) if both else None
+    out["operating_point"] = gate.to_dict()
+    for key, codes, names in (("by_gender", gender, GENDER_NAMES), ("by_race", race, RACE_NAMES)):
+        if codes is not None:
+            out[key] = {name: age_gate_rates(age_true[mask], decision[mask], gate.adult_age)
+                        for name, mask in group_names(np.asarray(codes), names).items()}
+    out["by_age_band"] = {}
+    for name, lo, hi in age_bands(gate.adult_age):
+        mask = (age_true >= lo) & (age_true < hi)
+        if mask.any():
+            out["by_age_band"][name] = age_gate_rates(age_true[mask], decision[mask], gate.adult_age)
     return json_safe(out)

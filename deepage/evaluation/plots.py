@@ -15,8 +15,15 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
 import numpy as np  # noqa: E402
-from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay, roc_curve  # noqa: E402
+from sklearn.metrics import (  # noqa: E402
+    ConfusionMatrixDisplay,
+    PrecisionRecallDisplay,
+    RocCurveDisplay,
+    precision_recall_curve,
+    roc_curve,
+)
 
+from ..answers import AgeGate  # noqa: E402
 from ..labels import get_scheme  # noqa: E402
 from .metrics import reliability_bins  # noqa: E402
 from .predictions import Predictions  # noqa: E402
@@ -28,6 +35,7 @@ __all__ = [
     "plot_age_error",
     "plot_reliability",
     "plot_leaderboard",
+    "plot_minor_curves",
     "make_plots",
 ]
 
@@ -247,6 +255,45 @@ def plot_leaderboard(
     ax2.set_xlabel("MAE (years, lower is better)")
     ax2.grid(axis="x", alpha=0.3)
     fig.suptitle("Leaderboard (sorted by 14-class accuracy)", y=1.02)
+    return _save(fig, path)
+
+
+def plot_minor_curves(age_true: np.ndarray, p_adult: np.ndarray, gate: AgeGate, path: str | Path,
+                      title: str | None = None) -> Path:
+    """ROC (left) and precision-recall curve (right) of "minor" (true age under ``gate.adult_age``, score
+    ``1 - p_adult``) over ``(N,)`` arrays, with the operating point's two decisions marked: ``minor``
+    (below the minor threshold) and "not adult" (``minor`` or ``unsure``)."""
+    age_true, p = np.asarray(age_true), np.asarray(p_adult, float)
+    minor = age_true < gate.adult_age
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 5))
+    if not (minor.any() and (~minor).any()):
+        for ax in (ax1, ax2):
+            ax.text(0.5, 0.5, "no curve: needs minors and adults", ha="center", va="center")
+    else:
+        fpr, tpr, _ = roc_curve(minor, 1 - p)
+        RocCurveDisplay(fpr=fpr, tpr=tpr, name=f"minor (AUC {np.trapezoid(tpr, fpr):.3f})").plot(ax=ax1)
+        precision, recall, _ = precision_recall_curve(minor, 1 - p)
+        PrecisionRecallDisplay(precision=precision, recall=recall, name="minor").plot(ax=ax2)
+        ax1.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
+        decision = gate.decide(p)
+        for label, said, colour in (("decided minor", decision == "minor", "#d62728"),
+                                    ("not decided adult", decision != "adult", "#ff7f0e")):
+            hit = float(np.mean(said[minor]))  # recall = true positive rate
+            ax1.plot(float(np.mean(said[~minor])), hit, "o", color=colour, label=label)
+            if said.any():
+                ax2.plot(hit, float(np.mean(minor[said])), "o", color=colour, label=label)
+        ax1.legend(fontsize=8, loc="lower right")
+        ax2.legend(fontsize=8, loc="lower left")
+    ax1.set_xlabel("adults called minor (false positive rate)")
+    ax1.set_ylabel("minors called minor (true positive rate)")
+    ax2.set_xlabel("recall of minors")
+    ax2.set_ylabel("precision")
+    for ax in (ax1, ax2):
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.01)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title or f"'minor' (under {gate.adult_age}) against adult: {int(minor.sum())} minors, "
+                 f"{int((~minor).sum())} adults")
     return _save(fig, path)
 
 

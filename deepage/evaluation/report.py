@@ -143,6 +143,38 @@ def _groups_sections(metrics: dict, schemes: list[str], has_age: bool) -> list[s
     return lines
 
 
+def _age_gate_section(g: dict) -> list[str]:
+    """The minor/adult check: its stored operating point, its error rates, and the rates by group and age."""
+    op = g["operating_point"]
+    age = op["adult_age"]
+    lines = [f"## Minor or adult (adult age {age})", "",
+             f"Operating point stored with the model, chosen on split **{op.get('split') or '?'}** of "
+             f"`{op.get('data') or '?'}` (split fingerprint `{op.get('data_fingerprint') or '?'}`, "
+             f"{op['n_minors']} minors and {op['n_adults']} adults): `adult` when P(age ≥ {age}) > "
+             f"{op['adult_threshold']:.4f}, `minor` when below {op['minor_threshold']:.4f}, "
+             + ("no `unsure` band (the two targets cross: one threshold meets both); " if op.get("crossed")
+                else "`unsure` between; ") +
+             f"targets there: at most {fmt_pct(op['max_minors_passed'])} of the minors passed as adults, at most "
+             f"{fmt_pct(op['max_adults_held'])} of the adults held as minors.", "",
+             f"Here, on {g['n']} faces ({g['n_minors']} minors, {g['n_adults']} adults): **minors passed as "
+             f"adults {fmt_pct(g['minors_passed_as_adults'])}**, **adults held as minors "
+             f"{fmt_pct(g['adults_held_as_minors'])}**, unsure {fmt_pct(g['unsure'])} of all faces. Ranking "
+             f"of \"minor\" without thresholds: ROC AUC {fmt_num(g['minor_roc_auc'], 3)}, average precision "
+             f"{fmt_num(g['minor_average_precision'], 3)}.", ""]
+    header = ["group", "n", "minors", "adults", "minors passed as adults", "adults held as minors", "unsure"]
+    for key, title in (("by_gender", "gender"), ("by_race", "race")):
+        rows = [[name, str(m["n"]), str(m["n_minors"]), str(m["n_adults"]), fmt_pct(m["minors_passed_as_adults"]),
+                 fmt_pct(m["adults_held_as_minors"]), fmt_pct(m["unsure"])] for name, m in g.get(key, {}).items()]
+        if rows:
+            lines += [f"By {title}:", ""] + _table(header, rows) + [""]
+    rows = [[band, str(m["n"]), fmt_pct(m["decided_adult"]), fmt_pct(m["unsure"]), fmt_pct(m["decided_minor"])]
+            for band, m in g.get("by_age_band", {}).items()]
+    if rows:
+        lines += ["By true age (bands under the adult age: the `adult` share is the error; at or over it, the "
+                  "`minor` share):", ""] + _table(["age", "n", "adult", "unsure", "minor"], rows) + [""]
+    return lines
+
+
 def _plots_section(plots: Sequence[str | Path], out_dir: Path) -> list[str]:
     if not plots:
         return []
@@ -178,6 +210,8 @@ def write_report(metrics: dict, out_dir: str | Path, plots: Sequence[str | Path]
     for s in schemes:
         lines += _per_class_section(s, metrics[s])
     lines += _groups_sections(metrics, schemes, "age" in metrics)
+    if "age_gate" in metrics:
+        lines += _age_gate_section(metrics["age_gate"])
     lines += _plots_section(plots, out_dir) + _provenance(metrics)
     path = out_dir / "report.md"
     path.write_text("\n".join(lines))

@@ -4,7 +4,8 @@ The ONNX graph maps ``input (B, 3, H, W) float32`` (normalised, as :func:`deepag
 makes it) to ``outputs (B, K)`` (the head's logits); ``B`` is dynamic. The model's :class:`ModelSpec`
 travels as JSON in the file's ``metadata_props`` (key :data:`SPEC_KEY`), so
 :meth:`deepage.inference.predictor.Predictor.from_checkpoint` can rebuild the same preprocessing and the
-head's ``predict`` for an ``.onnx`` file alone.
+head's ``predict`` for an ``.onnx`` file alone. The minor/adult operating points stored in the checkpoint
+(``deepage calibrate``) travel the same way, as JSON under :data:`AGE_GATES_KEY`.
 """
 
 from __future__ import annotations
@@ -19,15 +20,17 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..checkpoint import load_checkpoint, model_from_checkpoint
+from ..checkpoint import load_checkpoint, model_from_checkpoint, read_age_gates
 from ..models.registry import AgeModel
 
-__all__ = ["export_onnx", "check_onnx", "model_to_onnx_bytes", "onnx_session", "SPEC_KEY", "FORMAT_KEY", "ONNX_FORMAT",
-           "OPSET", "INPUT_NAME", "OUTPUT_NAME"]
+__all__ = ["export_onnx", "check_onnx", "check_onnx_io", "model_to_onnx_bytes", "onnx_session", "SPEC_KEY",
+           "FORMAT_KEY", "ONNX_FORMAT",
+           "OPSET", "INPUT_NAME", "OUTPUT_NAME", "AGE_GATES_KEY"]
 
 OPSET = 17
 SPEC_KEY = "deepage_spec"
 FORMAT_KEY = "deepage_format"
+AGE_GATES_KEY = "deepage_age_gates"
 ONNX_FORMAT = "deepage-onnx/1"
 INPUT_NAME, OUTPUT_NAME = "input", "outputs"
 
@@ -78,6 +81,28 @@ def onnx_session(model: bytes | str | Path, threads: int | None = None):
     return ort.InferenceSession(source, sess_options=opts, providers=["CPUExecutionProvider"])
 
 
+def check_onnx_io(session, input_size: int, out_features: int, name: str | Path) -> None:
+    """Refuse (``ValueError`` naming ``name``) an ONNX session whose graph is not what its spec describes:
+    input :data:`INPUT_NAME` ``(B, 3, S, S)`` with ``S = input_size``, output :data:`OUTPUT_NAME` ``(B, K)``
+    with ``K = out_features``. A dimension the graph leaves symbolic is not held against it."""
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+
+    def fits(shape, expected: list[int | None]) -> bool:
+        return len(shape) == len(expected) and all(e is None or not isinstance(d, int) or d == e
+                                                   for d, e in zip(shape, expected, strict=True))
+
+    def shown(args) -> str:
+        return ", ".join(f"{a.name} {list(a.shape)}" for a in args) or "none"
+
+    if len(inputs) != 1 or inputs[0].name != INPUT_NAME or not fits(inputs[0].shape, [None, 3, input_size,
+                                                                                       input_size]):
+        raise ValueError(f"{name}: the ONNX graph's input ({shown(inputs)}) does not fit its deepage spec, which "
+                         f"needs {INPUT_NAME} [B, 3, {input_size}, {input_size}]")
+    if not outputs or outputs[0].name != OUTPUT_NAME or not fits(outputs[0].shape, [None, out_features]):
+        raise ValueError(f"{name}: the ONNX graph's output ({shown(outputs)}) does not fit its deepage spec, "
+                         f"which needs {OUTPUT_NAME} [B, {out_features}]")
+
+
 def _max_difference(model: AgeModel, data: bytes, batch: int, seed: int = 0) -> float:
     size = model.spec.preprocessing.input_size
     x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
@@ -107,9 +132,12 @@ def export_onnx(checkpoint: str | Path, output: str | Path, opset: int = OPSET, 
     """
     checkpoint, output = Path(checkpoint), Path(output)
     ckpt = load_checkpoint(checkpoint)
-    model = model_from_checkpoint(ckpt)
+    model = model_from_checkpoint(ckpt, name=checkpoint)
     metadata = {"deepage_checkpoint": checkpoint.name,
                 "deepage_metrics": json.dumps(ckpt.get("metrics") or {}, default=float)}
+    gates = read_age_gates(ckpt, checkpoint)  # only those chosen for these weights
+    if gates:
+        metadata[AGE_GATES_KEY] = json.dumps({str(age): g.to_dict() for age, g in gates.items()})
     data = model_to_onnx_bytes(model, metadata, opset=opset)
     check_onnx(model, data, checkpoint, atol)
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -26,24 +26,28 @@ import numpy as np
 
 from ..imageio import IMAGE_SUFFIXES, ImageDecodeError
 from .predictor import ImagePrediction, Predictor, load_rgb
+from .video import is_video, predict_videos
+from .workers import resolve_workers
 
 __all__ = ["run_predict", "iter_image_paths", "annotate", "unique_names", "done_sources", "CSV_COLUMNS",
            "FORMATS"]
 
 FORMATS = ("table", "json", "csv")
 CSV_COLUMNS = ["source", "face", "x0", "y0", "x1", "y1", "age", "age_low", "age_high", "utk14", "utk14_p",
-               "utk8", "utk8_p", "detection_score", "error"]
+               "utk8", "utk8_p", "adult_age", "p_adult", "decision", "detection_score", "error"]
 
 
 def iter_image_paths(paths: list[str | Path]) -> Iterator[tuple[Path, Path]]:
     """``(file, name relative to its argument)`` for each file argument, and each image file (by suffix,
     sorted) under each folder argument, recursively. A path that does not exist is yielded as is (so that
-    it is reported)."""
+    it is reported), and so is a folder named like an image (``x.jpg/``) that holds none."""
     for arg in map(Path, paths):
         if arg.is_dir():
-            images = (p for p in arg.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-            for path in sorted(images):
+            images = sorted(p for p in arg.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            for path in images:
                 yield path, path.relative_to(arg)
+            if not images and arg.suffix.lower() in IMAGE_SUFFIXES:
+                yield arg, Path(arg.name)  # the predictor reports it: "not a regular file (a folder)"
         else:
             yield arg, Path(arg.name)
 
@@ -64,6 +68,8 @@ def annotate(rgb: np.ndarray, result: ImagePrediction) -> np.ndarray:
         else:
             group = next(iter(face.groups.values()))
             text = f"{group.label} ({group.probability:.0%})"
+        if face.decision is not None:
+            text += f" {face.decision}"
         (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
         ty = y0 - 4 if y0 - th - base - 4 >= 0 else min(h - base, y1 + th + 4)
         cv2.rectangle(out, (x0, ty - th - base), (x0 + tw, ty + base), (0, 200, 0), -1)
@@ -93,6 +99,8 @@ def _table_lines(result: ImagePrediction) -> list[str]:
         if face.age is not None:
             parts.append(f"age {face.age:.1f} [{face.age_low:.1f}-{face.age_high:.1f}]")
         parts += [f"{name} {g.label} ({g.probability:.0%})" for name, g in face.groups.items()]
+        if face.decision is not None:
+            parts.append(f"{face.decision} (P(age>={face.adult_age}) {face.p_adult:.2f})")
         if face.regions:
             parts.append(f"{len(face.regions)} regions")
         lines.append("  ".join(parts))
@@ -109,6 +117,7 @@ def _csv_rows(result: ImagePrediction) -> list[list]:
                      _fmt(face.age_high, 2),
                      g14.label if g14 else "", _fmt(g14.probability if g14 else None, 4),
                      g8.label if g8 else "", _fmt(g8.probability if g8 else None, 4),
+                     "" if face.adult_age is None else face.adult_age, _fmt(face.p_adult, 4), face.decision or "",
                      _fmt(face.detection_score, 3), ""])
     return rows
 
@@ -146,25 +155,41 @@ def unique_names(files: list[tuple[Path, Path]]) -> list[Path]:
 
 
 def done_sources(path: Path) -> set[str]:
-    """The ``source`` of every image already written to ``path`` (CSV with a header, or JSON lines) by an
-    earlier run. A line cut short by a kill is removed from the file, so appending continues cleanly."""
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        data = data[: data.rfind(b"\n") + 1]
-        path.write_bytes(data)
-    text = data.decode("utf-8")
-    if not text.strip():
-        return set()
-    if text.lstrip().startswith("{"):
-        sources = set()
-        for line in text.splitlines():
-            if line.strip():
-                sources.add(json.loads(line)["source"])
-        return sources
-    rows = csv.reader(io.StringIO(text))
-    if next(rows, None) != CSV_COLUMNS:
-        raise ValueError(f"{path} is neither this command's CSV (header {','.join(CSV_COLUMNS)}) nor JSON lines")
-    return {row[0] for row in rows if row}
+    """The ``source`` of every image an earlier run answered in ``path`` (CSV with a header, or JSON lines).
+    A line cut short by a kill is removed from the file, and so are the lines of images that failed (they
+    are to be tried again), so appending continues cleanly."""
+    return _earlier_run(path)[0]
+
+
+def _earlier_run(path: Path) -> tuple[set[str], set[str]]:
+    """``(answered, failed)`` sources of the output file of an earlier run; the file keeps only the complete
+    lines of answered images (a "no face" answer counts as answered)."""
+    text = path.read_bytes().decode("utf-8")
+    lines = text.splitlines(keepends=True)
+    if lines and not lines[-1].endswith("\n"):
+        lines.pop()  # cut short by a kill
+    if not "".join(lines).strip():
+        path.write_bytes(b"")
+        return set(), set()
+    head: list[str] = []
+    rows = []  # (source, error or None, line)
+    if "".join(lines).lstrip().startswith("{"):
+        for line in filter(str.strip, lines):
+            answer = json.loads(line)
+            rows.append((answer["source"], answer.get("error"), line))
+    else:
+        head, body = lines[:1], lines[1:]
+        if next(csv.reader(head), None) != CSV_COLUMNS:
+            raise ValueError(f"{path} is neither this command's CSV (header {','.join(CSV_COLUMNS)}) nor JSON "
+                             "lines")
+        for line in body:
+            if row := next(csv.reader([line]), None):
+                rows.append((row[0], None if row[-1] == "no face" else row[-1], line))
+    failed = {source for source, error, _ in rows if error}
+    kept = [line for source, _, line in rows if source not in failed]
+    if len(kept) + len(head) != len(lines) or not text.endswith("\n"):
+        path.write_text("".join(head + kept), encoding="utf-8", newline="")
+    return {source for source, _, _ in rows} - failed, failed
 
 
 def _open_output(output: Path | None, fmt: str, skip_existing: bool) -> tuple[TextIO, set[str], bool]:
@@ -178,32 +203,61 @@ def _open_output(output: Path | None, fmt: str, skip_existing: bool) -> tuple[Te
     if output.exists() and output.stat().st_size > 0:
         if not skip_existing:
             raise FileExistsError(f"{output} exists: pass --skip-existing to resume that run, or remove it")
-        done = done_sources(output)
-        return open(output, "a", encoding="utf-8", newline=""), done, False
+        done, failed = _earlier_run(output)
+        if failed:
+            print(f"deepage predict: trying again {len(failed)} images that failed in {output}", file=sys.stderr)
+        return open(output, "a", encoding="utf-8", newline=""), done, output.stat().st_size == 0
     output.parent.mkdir(parents=True, exist_ok=True)
     return open(output, "w", encoding="utf-8", newline=""), set(), True
 
 
 def run_predict(paths: list[str | Path], model: str | Path | None = None, fmt: str = "table",
                 annotate_dir: str | Path | None = None, detect: bool = True, explain: bool = False,
-                backend: str = "auto", tta: bool = False, workers: int = 1, output: str | Path | None = None,
-                skip_existing: bool = False, progress: bool | None = None) -> int:
+                backend: str = "auto", tta: bool = False, workers: int | str = "auto",
+                output: str | Path | None = None,
+                skip_existing: bool = False, progress: bool | None = None, ray: str | None = None,
+                every: int = 1, camera: int | None = None, tracks: str | Path | None = None,
+                max_missed: int | None = None, adult_age: int | str | None = "auto") -> int:
     """``deepage predict``: answer every image of ``paths`` (files, folders searched recursively) and write
     each answer as it is made, flushed (``fmt``: ``table``, ``json`` lines or ``csv``), to ``output`` or
     stdout. ``skip_existing``: resume into ``output``, skipping the images already in it. ``progress``: a bar
-    with count, rate and ETA on stderr (``None``: when stderr is a terminal). Returns the exit status: 0,
-    1 if any image failed or none was found, 2 for a bad request (raised as ``ValueError``)."""
+    with count, rate and ETA on stderr (``None``: when stderr is a terminal). ``ray``: answer on Ray actors
+    instead (:mod:`deepage.inference.ray_batch`, the ``ray`` extra; ``"local"``: a Ray on this machine, else
+    a cluster address such as ``"auto"``), the same rows. Returns the exit status: 0, 1 if any image failed
+    or none was found, 2 for a bad request (raised as ``ValueError``). Video files (by suffix) and
+    ``camera`` go to :func:`deepage.inference.video.predict_videos` (``every``, ``tracks``, ``max_missed``).
+    ``workers``: face-finding processes; ``"auto"``: one per core, at most one per image (1 for a single
+    image). ``adult_age``: the minor/adult check (see :class:`~deepage.inference.predictor.Predictor`)."""
     from tqdm import tqdm
 
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+    if ray is not None:
+        if camera is not None or any(is_video(p) for p in paths):
+            raise ValueError("--ray is for photos: run videos and --camera without it")
+        from .ray_batch import run_predict_on_ray
+
+        return run_predict_on_ray(paths, address=ray, model=model, fmt=fmt, annotate_dir=annotate_dir,
+                                  detect=detect, explain=explain, backend=backend, tta=tta, output=output,
+                                  skip_existing=skip_existing, progress=progress, adult_age=adult_age)
+    if not paths and camera is None:
+        raise ValueError("give photos, folders or videos to read, or --camera INDEX")
+    if camera is not None or any(is_video(p) for p in paths):  # videos: deepage.inference.video
+        if skip_existing or explain:
+            raise ValueError("--skip-existing and --explain are for photos, not videos")
+        extra = {} if max_missed is None else {"max_missed": max_missed}
+        return predict_videos(paths, camera=camera, model=model, fmt=fmt, output=output, annotate=annotate_dir,
+                              tracks=tracks, every=every, detect=detect, backend=backend, tta=tta,
+                              workers=workers, **extra)
     files = list(iter_image_paths(paths))
     if not files:
         print("deepage predict: no image files found in " + ", ".join(map(str, paths)), file=sys.stderr)
         return 1
     out, done, header = _open_output(Path(output) if output else None, fmt, skip_existing)
     try:
-        kw = {"backend": backend, "detect": detect, "tta": tta, "workers": workers}
+        n_todo = sum(str(path) not in done for path, _ in files)
+        kw = {"backend": backend, "detect": detect, "tta": tta, "workers": resolve_workers(workers, n_todo),
+              "adult_age": adult_age}
         with (Predictor.from_checkpoint(model, **kw) if model else Predictor.default(**kw)) as predictor:
             if explain and not predictor.can_explain:
                 print(f"deepage predict: --explain needs a model that reports attended regions (AL-ResNet, "

@@ -20,9 +20,10 @@ import logging
 import multiprocessing as mp
 import threading
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sized
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import dataclass
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
 from functools import partial
 from itertools import islice
 from pathlib import Path
@@ -31,14 +32,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..answers import INTERVAL_QUANTILES, Answers, answer_batch
-from ..checkpoint import load_checkpoint, model_from_checkpoint
+from ..answers import DEFAULT_ADULT_AGE, INTERVAL_QUANTILES, AgeGate, Answers, answer_batch, check_adult_age, p_at_least
+from ..checkpoint import load_checkpoint, model_from_checkpoint, read_age_gates
 from ..crops import Crop, CropMaker, PreparedImage, init_worker, load_rgb, worker_prepare_many
 from ..faces import FaceAligner
 from ..labels import get_scheme
 from ..models.heads import create_head
 from ..models.registry import ModelSpec
 from ..preprocessing import Preprocessing, input_to_stored, prepare_batch
+from .workers import AUTO, resolve_workers, spawn_problem
 
 __all__ = ["Predictor", "ImagePrediction", "FacePrediction", "GroupPrediction", "load_rgb", "DEFAULT_MODEL",
            "INTERVAL_QUANTILES", "BACKENDS", "resolve_backend"]
@@ -79,7 +81,11 @@ class FacePrediction:
     the interval ``[age_low, age_high]`` (10th-90th percentile of the age distribution), ``None`` for a
     classes head; ``groups``: scheme name (``utk14``, ``utk8``) → answer; ``detection_score``: the detector's
     confidence (``None`` without detection); ``regions``: attended regions (AL-ResNet, ``explain=True``),
-    image pixels."""
+    image pixels; ``age_probs``: ``(101,)`` float32, the age distribution over 0..100 years (``None`` for a
+    classes head; kept for video tracks, not in :meth:`to_dict`). The minor/adult check (when the predictor
+    has one, see :class:`Predictor`): ``p_adult`` = ``P(age >= adult_age)`` from that distribution and
+    ``decision`` (``adult``, ``minor`` or ``unsure``) at the model's stored operating point; ``None``
+    without."""
 
     box: tuple[int, int, int, int]
     age: float | None
@@ -88,6 +94,10 @@ class FacePrediction:
     groups: dict[str, GroupPrediction]
     detection_score: float | None
     regions: list[tuple[int, int, int, int]] | None = None
+    age_probs: np.ndarray | None = field(default=None, repr=False, compare=False)
+    adult_age: int | None = None
+    p_adult: float | None = None
+    decision: str | None = None
 
     def to_dict(self) -> dict:
         def r(v: float | None, nd: int = 2) -> float | None:
@@ -97,7 +107,8 @@ class FacePrediction:
                 "age_high": r(self.age_high),
                 "groups": {k: g.to_dict() for k, g in self.groups.items()},
                 "detection_score": r(self.detection_score, 4),
-                "regions": None if self.regions is None else [list(b) for b in self.regions]}
+                "regions": None if self.regions is None else [list(b) for b in self.regions],
+                "adult_age": self.adult_age, "p_adult": r(self.p_adult, 4), "decision": self.decision}
 
 
 @dataclass(frozen=True)
@@ -186,26 +197,37 @@ class Predictor:
     Build with :meth:`from_checkpoint` (a ``.pt`` checkpoint or an ``.onnx`` file from ``deepage export``) or
     :meth:`default`. ``detect``: find faces (default) or treat each whole image as one face crop.
     ``workers``: processes that decode images and find faces (1: in this process); the model runs here, on
-    batches of :data:`BATCH_SIZE` crops from several images. Safe to share between threads (model calls are
-    serialised). A predictor with ``workers > 1`` holds a process pool: :meth:`close` it (or use ``with``).
+    batches of :data:`BATCH_SIZE` crops from several images. ``"auto"``: one per core, at most one per image,
+    and this process alone for a single image or where spawned processes could not start (a script's top
+    level outside ``if __name__ == "__main__":``, a program read from stdin: :func:`~deepage.inference.
+    workers.spawn_problem`; a warning says so). Safe to share between threads (model calls are serialised).
+    A predictor with worker processes holds a pool: :meth:`close` it (or use ``with``).
+
+    ``adult_age``: the minor/adult check (each face's ``p_adult`` and ``decision``) at the operating point
+    stored with the model for that age (``deepage calibrate``; ``ValueError`` when there is none);
+    ``"auto"`` (default): for 18 when the model has one, else off; ``None``: off. ``age_gates``: the stored
+    operating points, adult age → :class:`~deepage.answers.AgeGate` (``from_checkpoint`` reads them).
     """
 
     def __init__(self, spec: ModelSpec, checkpoint_path: Path, backend: str,
                  model: torch.nn.Module | None = None, session=None, detect: bool = True, device: str = "cpu",
-                 aligner: FaceAligner | None = None, tta: bool = False, workers: int = 1) -> None:
+                 aligner: FaceAligner | None = None, tta: bool = False, workers: int | str = 1,
+                 adult_age: int | str | None = AUTO, age_gates: dict[int, AgeGate] | None = None) -> None:
         if backend not in ("torch", "onnx"):
             raise ValueError(f"backend must be 'torch' or 'onnx' here (resolve 'auto' first), got {backend!r}")
         if (session if backend == "onnx" else model) is None:
             raise ValueError(f"the {backend} backend needs {'an ONNX session' if backend == 'onnx' else 'a model'}")
-        if workers < 1:
-            raise ValueError(f"workers must be at least 1, got {workers}")
         self.spec = spec
         self.checkpoint_path = Path(checkpoint_path)
         self.backend = backend
         self.detect = detect
         self.tta = tta  # average each face with its mirror image (2x the model cost)
         self.device = torch.device(device)
-        self.workers = int(workers)
+        self.workers = resolve_workers(workers)
+        self._auto_workers = workers == AUTO
+        self._pool_size = 0
+        self.age_gates = dict(age_gates or {})
+        self.age_gate = self._choose_gate(adult_age)
         self._model = model  # kept with the onnx backend too (from a .pt): attended regions need it
         self._session = session
         # The head turns logits into ages and groups; it has no weights that predict uses, so for ONNX a
@@ -221,30 +243,36 @@ class Predictor:
     # ---- construction --------------------------------------------------------------------------------
     @classmethod
     def from_checkpoint(cls, path: str | Path, backend: str = "auto", detect: bool = True,
-                        device: str = "cpu", tta: bool = False, workers: int = 1) -> Predictor:
-        """Load a ``.pt`` checkpoint or an ``.onnx`` file written by ``deepage export`` (its spec is read from
-        the file). ``backend``: ``"auto"`` (see :func:`resolve_backend`), ``"torch"`` or ``"onnx"`` (a
-        ``.pt`` is then exported in memory, ~1 s)."""
+                        device: str = "cpu", tta: bool = False, workers: int | str = 1,
+                        adult_age: int | str | None = AUTO) -> Predictor:
+        """Load a ``.pt`` checkpoint or an ``.onnx`` file written by ``deepage export`` (its spec and stored
+        minor/adult operating points are read from the file). ``backend``: ``"auto"`` (see
+        :func:`resolve_backend`), ``"torch"`` or ``"onnx"`` (a ``.pt`` is then exported in memory, ~1 s).
+        ``workers``, ``adult_age``: see :class:`Predictor`."""
         path = Path(path)
         wanted = backend
         backend = resolve_backend(path, backend, device)
         if not path.is_file():
             raise FileNotFoundError(f"model file {path} not found")
-        kw = {"detect": detect, "device": device, "tta": tta, "workers": workers}
+        kw = {"detect": detect, "device": device, "tta": tta, "workers": workers, "adult_age": adult_age}
+        n_workers = resolve_workers(workers)
         if path.suffix.lower() == ".onnx":
             if backend != "onnx":
                 raise ValueError(f"{path} is an ONNX file: use backend='onnx' or 'auto' (--backend onnx), or "
                                  "give the .pt checkpoint for the torch backend")
-            session = _onnx_file_session(path, model_threads(workers))
-            return cls(_spec_of_onnx(session, path), path, "onnx", session=session, **kw)
-        model = model_from_checkpoint(load_checkpoint(path)).to(device)
+            session = _onnx_file_session(path, model_threads(n_workers))
+            spec = _spec_of_onnx(session, path)
+            return cls(spec, path, "onnx", session=session, age_gates=_age_gates_of_onnx(session, path), **kw)
+        ckpt = load_checkpoint(path)
+        model = model_from_checkpoint(ckpt, name=path).to(device)
+        kw["age_gates"] = read_age_gates(ckpt, path)
         if backend == "onnx":
             from .export import check_onnx, model_to_onnx_bytes, onnx_session
 
             try:
                 data = model_to_onnx_bytes(model.cpu())
                 check_onnx(model, data, path)  # the same check as `deepage export`
-                session = onnx_session(data, model_threads(workers))
+                session = onnx_session(data, model_threads(n_workers))
             except Exception as exc:  # noqa: BLE001 - exporters fail in many ways; auto falls back to torch
                 if wanted == "onnx":
                     raise
@@ -264,9 +292,25 @@ class Predictor:
                                     "--model runs/NAME/best.pt")
         return cls.from_checkpoint(DEFAULT_MODEL, **kw)
 
+    def _choose_gate(self, adult_age: int | str | None) -> AgeGate | None:
+        """The stored operating point the minor/adult check uses (see :class:`Predictor`), or ``None``."""
+        if adult_age is None or (adult_age == AUTO and DEFAULT_ADULT_AGE not in self.age_gates):
+            return None
+        age = DEFAULT_ADULT_AGE if adult_age == AUTO else check_adult_age(adult_age)
+        if self.spec.head == "classes":
+            raise ValueError(f"{self.checkpoint_path.name} has a classes head: the minor/adult check needs a "
+                             "head with an age distribution (dex or coral)")
+        if age not in self.age_gates:
+            have = ", ".join(map(str, sorted(self.age_gates))) or "none"
+            onnx = " (then export it again)" if self.checkpoint_path.suffix.lower() == ".onnx" else ""
+            raise ValueError(f"{self.checkpoint_path} has no operating point for adult age {age} (stored: {have}), "
+                             f"so no stated error rate: choose one on the validation split first: deepage calibrate "
+                             f"CHECKPOINT.pt --data DATA.h5 --split val --adult-age {age}{onnx}")
+        return self.age_gates[age]
+
     def close(self) -> None:
         """Stop the worker processes (if any); the predictor stays usable (a new pool starts on demand)."""
-        pool, self._pool = self._pool, None
+        pool, self._pool, self._pool_size = self._pool, None, 0
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
 
@@ -295,7 +339,7 @@ class Predictor:
         return {"model_file": self.checkpoint_path.name, "backend": self.backend, "model": self.spec.name,
                 "head": self.spec.head, "input_size": self.spec.preprocessing.input_size,
                 "detector": self.aligner.method if self.detect else None, "explain": self.can_explain,
-                "tta": self.tta}
+                "tta": self.tta, "adult_age": self.age_gate.adult_age if self.age_gate else None}
 
     # ---- inference -----------------------------------------------------------------------------------
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -337,8 +381,14 @@ class Predictor:
                 pts = _input_box_to_crop(box, self.spec.preprocessing, crop.crop_shape)
                 pts = pts @ crop.to_image[:, :2].T + crop.to_image[:, 2]
                 image_regions.append(tuple(int(round(v)) for v in (*pts.min(0), *pts.max(0))))
+        probs = None if answers.age_probs is None else answers.age_probs[i]
+        gate, p_adult, decision = self.age_gate, None, None
+        if gate is not None and probs is not None:
+            p_adult = float(p_at_least(probs, gate.adult_age))
+            decision = str(gate.decide(np.array([p_adult]))[0])
         return FacePrediction(box=crop.box, age=age, age_low=low, age_high=high, groups=groups,
-                              detection_score=crop.score, regions=image_regions)
+                              detection_score=crop.score, regions=image_regions, age_probs=probs,
+                              adult_age=None if gate is None else gate.adult_age, p_adult=p_adult, decision=decision)
 
     def _answer_images(self, prepared: list[PreparedImage], explain: bool) -> list[ImagePrediction]:
         """Run the model on every crop of ``prepared`` (in batches of :data:`BATCH_SIZE`)."""
@@ -361,16 +411,46 @@ class Predictor:
         ``workers > 1`` (spawned: they import no torch, and a fork of a process running ONNX Runtime's or
         PyTorch's thread pools is not safe)."""
         maker = CropMaker(self.aligner, self.spec.preprocessing.stored_size)
-        if self.workers == 1:
+        workers = self._workers_for(items)
+        if workers == 1:
             yield from (maker(item, detect) for item in items)
             return
+        if _importing_main_in_a_worker():  # the parent explains, in one line (below): no traceback per worker
+            raise SystemExit(1)
         with self._pool_lock:
             if self._pool is None:  # each worker gets its CropMaker once; tasks carry only the image
-                self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"),
+                self._pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"),
                                                  initializer=init_worker, initargs=(maker,))
+                self._pool_size = workers
             pool = self._pool
-        yield from _ordered_map(pool, partial(worker_prepare_many, detect=detect), items, ahead=4 * self.workers,
-                                chunk=TASK_IMAGES)
+        try:
+            yield from _ordered_map(pool, partial(worker_prepare_many, detect=detect), items,
+                                    ahead=4 * workers, chunk=TASK_IMAGES)
+        except BrokenProcessPool:
+            self.close()
+            problem = spawn_problem()
+            raise RuntimeError(
+                f"Predictor(workers={self.workers}): the worker processes died"
+                + (f" ({problem})" if problem else "") + ". In a script, build the predictor "
+                "under `if __name__ == \"__main__\":` (workers are spawned and import the main module), or use "
+                "workers=1") from None
+
+    def _workers_for(self, items: Iterable) -> int:
+        """Processes that prepare ``items`` (1: this process). With ``workers="auto"`` at most one per image
+        (a sized input), and 1 where spawned processes could not start (:func:`spawn_problem`, warned once)."""
+        if self.workers == 1 or self._pool is not None:
+            return self._pool_size or self.workers
+        if not self._auto_workers:
+            return self.workers
+        n = min(self.workers, len(items)) if isinstance(items, Sized) else self.workers
+        problem = spawn_problem() if n > 1 else None
+        if problem:
+            if not getattr(self, "_warned_in_process", False):
+                log.warning("Predictor(workers='auto'): answering in this process, not %d worker processes: %s. "
+                            "Put that code under `if __name__ == \"__main__\":` for the workers", n, problem)
+                self._warned_in_process = True
+            return 1
+        return max(1, n)
 
     def predict_iter(self, images, detect: bool | None = None, explain: bool = False) -> Iterator[ImagePrediction]:
         """:meth:`predict`, yielding each image's answer in input order as soon as its batch of crops has
@@ -413,13 +493,45 @@ class Predictor:
         return self._answer_images([prepared], explain)[0]
 
 
+def _importing_main_in_a_worker() -> bool:
+    """Whether this is a spawned process still importing the parent's main module: a script without a
+    ``__main__`` guard, building a ``Predictor(workers > 1)`` again in each of its workers. ``_inheriting`` is
+    the flag multiprocessing itself reads for its own "bootstrapping phase" error (no public one exists)."""
+    # Not also `sys.modules["__main__"].__name__ == "__mp_main__"`: while multiprocessing re-runs the script
+    # (runpy.run_path, run_name "__mp_main__"), sys.modules["__main__"] is still the spawn bootstrap module.
+    return bool(getattr(mp.current_process(), "_inheriting", False))
+
+
 def _spec_of_onnx(session, path: Path) -> ModelSpec:
     from .export import SPEC_KEY
 
     meta = session.get_modelmeta().custom_metadata_map
     if SPEC_KEY not in meta:
         raise ValueError(f"{path} has no {SPEC_KEY!r} metadata: export it with `deepage export`")
-    return ModelSpec.from_dict(json.loads(meta[SPEC_KEY]))
+    from .export import check_onnx_io
+
+    try:
+        spec = ModelSpec.from_dict(json.loads(meta[SPEC_KEY]))
+        head = create_head(spec.head, 1, scheme=spec.scheme, **spec.head_kwargs)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: its {SPEC_KEY!r} metadata is not a valid model spec "
+                         f"({type(exc).__name__}: {exc})") from exc
+    check_onnx_io(session, spec.preprocessing.input_size, head.out_features, path)  # before any prediction
+    return spec
+
+
+def _age_gates_of_onnx(session, path: Path) -> dict[int, AgeGate]:
+    """The minor/adult operating points ``deepage export`` copied into the file's metadata (none: ``{}``)."""
+    from .export import AGE_GATES_KEY
+
+    text = session.get_modelmeta().custom_metadata_map.get(AGE_GATES_KEY)
+    if not text:
+        return {}
+    try:
+        return {check_adult_age(int(age)): AgeGate.from_dict(d) for age, d in json.loads(text).items()}
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise ValueError(f"{path}: its {AGE_GATES_KEY!r} metadata is not a set of operating points "
+                         f"({type(exc).__name__}: {exc})") from exc
 
 
 def _onnx_file_session(path: Path, threads: int | None = None):

