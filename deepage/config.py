@@ -62,6 +62,10 @@ class TrainConfig:
     # and is frozen for the first linear_probe_epochs (the head learns on fixed features first: LP-FT)
     backbone_lr_mult: float = 1.0
     linear_probe_epochs: float = 0.0
+    # distillation (dex head): the teachers' age distributions on the training images, averaged, mixed into
+    # the soft label with teacher_weight (an ensemble shipped as one model)
+    teachers: list = field(default_factory=list)  # deepage checkpoints (.pt) with an age distribution
+    teacher_weight: float = 0.5
     # budgets and stopping
     max_minutes: float | None = None
     max_steps: int | None = None
@@ -106,6 +110,12 @@ class TrainConfig:
         for key in ("label_smoothing", "class_weights"):
             if key in self.head_kwargs:
                 raise ValueError(f"config field 'head_kwargs': set {key!r} as its own config field")
+        if not isinstance(self.teachers, list) or not all(isinstance(t, str) for t in self.teachers):
+            raise ValueError(f"config field 'teachers': a list of checkpoint paths, got {self.teachers!r}")
+        if self.teachers and self.head != "dex":
+            raise ValueError(f"config field 'teachers': distillation needs head 'dex', not {self.head!r}")
+        if not 0 <= self.teacher_weight <= 1:
+            raise ValueError(f"config field 'teacher_weight': a share in [0, 1], got {self.teacher_weight}")
         if self.backbone_lr_mult < 0 or self.linear_probe_epochs < 0:
             raise ValueError("config: backbone_lr_mult and linear_probe_epochs must be >= 0")
         if self.batch_size < 1 or self.epochs < 1:
@@ -150,6 +160,12 @@ def _convert(value: Any, annotation: Any, key: str) -> Any:
         return number
     if annotation is str:
         return str(value)
+    if annotation is list:
+        if isinstance(value, str):
+            value = yaml.safe_load(value)
+        if not isinstance(value, list):
+            raise ValueError(f"config field {key!r}: expected a list, got {value!r}")
+        return value
     if origin is dict or annotation is dict:
         if isinstance(value, str):
             value = _yaml(value, f"config field {key!r}")

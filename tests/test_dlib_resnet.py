@@ -113,3 +113,17 @@ def test_linear_probe_keeps_the_trunk_fixed(tiny_h5, tmp_path):
     trunk = [k for k in trained if k.startswith("backbone.") and k.endswith("weight")]
     assert trunk and all(torch.equal(trained[k], start[k]) for k in trunk)
     assert not torch.equal(trained["head.fc.1.weight"], start["head.fc.1.weight"])
+
+
+def test_onnx_export_matches_torch():
+    """The default model may be this network: its zero-padded additions must survive the ONNX export."""
+    pytest.importorskip("onnxruntime")
+    from deepage.inference.export import INPUT_NAME, OUTPUT_NAME, model_to_onnx_bytes, onnx_session
+
+    torch.manual_seed(0)
+    model = create_model("dlib_resnet", input_size=150, stored_size=160, crop_pct=0.9375).eval()
+    x = torch.randn(3, 3, 150, 150)
+    with torch.no_grad():
+        expected = model(x).numpy()
+    got = onnx_session(model_to_onnx_bytes(model)).run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0]
+    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)

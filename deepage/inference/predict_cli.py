@@ -16,7 +16,7 @@ import io
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import TextIO
@@ -211,6 +211,37 @@ def _open_output(output: Path | None, fmt: str, skip_existing: bool) -> tuple[Te
     return open(output, "w", encoding="utf-8", newline=""), set(), True
 
 
+def write_answers(results: Iterable[ImagePrediction], out: TextIO, fmt: str, header: bool, total: int,
+                  progress: bool | None, desc: str = "predict") -> int:
+    """Write each answer as soon as it comes (flushed: an interrupted run keeps what it wrote), with a
+    progress bar on stderr (``progress=None``: when stderr is a terminal) and one line there per failed
+    image; the number that failed. The local and the Ray paths both write through here."""
+    from tqdm import tqdm
+
+    show = sys.stderr.isatty() if progress is None else progress
+    to_terminal = out is sys.stdout and sys.stdout.isatty()
+
+    def emit(text: str) -> None:
+        if to_terminal:
+            tqdm.write(text, file=out)  # clears the bar first, then redraws it below
+        else:
+            out.write(text + "\n")
+        out.flush()  # every answer is on disk (or down the pipe) before the next image starts
+
+    if fmt == "csv" and header:
+        emit(",".join(CSV_COLUMNS))
+    failed = 0
+    with tqdm(total=total, desc=desc, unit="img", file=sys.stderr, disable=not show, dynamic_ncols=True) as bar:
+        for result in results:
+            if result.error:
+                failed += 1
+                if fmt != "table" or out is not sys.stdout:  # the table on stdout already says it
+                    bar.write(f"deepage predict: {result.source}: {result.error}", file=sys.stderr)
+            emit(_render(result, fmt))
+            bar.update()
+    return failed
+
+
 def run_predict(paths: list[str | Path], model: str | Path | None = None, fmt: str = "table",
                 annotate_dir: str | Path | None = None, detect: bool = True, explain: bool = False,
                 backend: str = "auto", tta: bool = False, workers: int | str = "auto",
@@ -228,7 +259,6 @@ def run_predict(paths: list[str | Path], model: str | Path | None = None, fmt: s
     ``camera`` go to :func:`deepage.inference.video.predict_videos` (``every``, ``tracks``, ``max_missed``).
     ``workers``: face-finding processes; ``"auto"``: one per core, at most one per image (1 for a single
     image). ``adult_age``: the minor/adult check (see :class:`~deepage.inference.predictor.Predictor`)."""
-    from tqdm import tqdm
 
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
@@ -266,35 +296,18 @@ def run_predict(paths: list[str | Path], model: str | Path | None = None, fmt: s
                 return 2
             names = unique_names(files)
             todo = [(path, name) for (path, _), name in zip(files, names, strict=True) if str(path) not in done]
-            show = sys.stderr.isatty() if progress is None else progress
-            to_terminal = out is sys.stdout and sys.stdout.isatty()
 
-            def emit(text: str) -> None:
-                if to_terminal:
-                    tqdm.write(text, file=out)  # clears the bar first, then redraws it below
-                else:
-                    out.write(text + "\n")
-                out.flush()  # every answer is on disk (or down the pipe) before the next image starts
-
-            if fmt == "csv" and header:
-                emit(",".join(CSV_COLUMNS))
-            failed = 0
-            bar = tqdm(total=len(todo), desc="predict", unit="img", file=sys.stderr, disable=not show,
-                       dynamic_ncols=True)
-            with bar:
-                results = predictor.predict_iter([path for path, _ in todo], explain=explain)
+            def annotated(results: Iterator[ImagePrediction]) -> Iterator[ImagePrediction]:
                 for (path, name), result in zip(todo, results, strict=True):
                     if annotate_dir is not None and not result.error:
                         try:
                             _write_annotated(Path(annotate_dir) / name, load_rgb(path)[0], result)
                         except (ImageDecodeError, OSError) as exc:
                             result = replace(result, error=f"annotated copy: {getattr(exc, 'reason', exc)}")
-                    if result.error:
-                        failed += 1
-                        if fmt != "table" or out is not sys.stdout:  # the table on stdout already says it
-                            bar.write(f"deepage predict: {result.source}: {result.error}", file=sys.stderr)
-                    emit(_render(result, fmt))
-                    bar.update()
+                    yield result
+
+            results = predictor.predict_iter([path for path, _ in todo], explain=explain)
+            failed = write_answers(annotated(results), out, fmt, header=header, total=len(todo), progress=progress)
             if done:
                 print(f"deepage predict: skipped {len(files) - len(todo)} images already in {output}",
                       file=sys.stderr)

@@ -37,7 +37,7 @@ import ray
 import ray.data
 
 from ..imageio import IMAGE_SUFFIXES
-from .predict_cli import CSV_COLUMNS, FORMATS, _open_output, _render, iter_image_paths
+from .predict_cli import FORMATS, _open_output, iter_image_paths, write_answers
 from .predictor import ImagePrediction, Predictor
 
 __all__ = ["predict_on_ray", "run_predict_on_ray", "list_inputs", "RayPredictor", "BATCH_SIZE", "MAX_BLOCKS"]
@@ -295,8 +295,6 @@ def run_predict_on_ray(paths: list[str | Path], address: str | None = None, mode
     by :func:`predict_on_ray`: the same rows in the same order, each written (flushed) as soon as all
     before it are; ``--skip-existing`` resumes as locally. Returns the exit status (1 if any image failed
     or none was found)."""
-    from tqdm import tqdm
-
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
     if annotate_dir is not None:
@@ -310,30 +308,10 @@ def run_predict_on_ray(paths: list[str | Path], address: str | None = None, mode
     out, done, header = _open_output(Path(output) if output else None, fmt, skip_existing)
     try:
         todo = [s for s in sources if s not in done]
-        show = sys.stderr.isatty() if progress is None else progress
-        to_terminal = out is sys.stdout and sys.stdout.isatty()
-
-        def emit(text: str) -> None:
-            if to_terminal:
-                tqdm.write(text, file=out)
-            else:
-                out.write(text + "\n")
-            out.flush()
-
-        if fmt == "csv" and header:
-            emit(",".join(CSV_COLUMNS))
-        failed = 0
-        with tqdm(total=len(todo), desc="predict (ray)", unit="img", file=sys.stderr, disable=not show,
-                  dynamic_ncols=True) as bar:
-            for result in _answers(todo, model, address, batch_size=batch_size, num_actors=num_actors,
-                                   cpus_per_actor=1, backend=backend, detect=detect, tta=tta, explain=explain,
-                                   adult_age=adult_age):
-                if result.error:
-                    failed += 1
-                    if fmt != "table" or out is not sys.stdout:  # the table on stdout already says it
-                        bar.write(f"deepage predict: {result.source}: {result.error}", file=sys.stderr)
-                emit(_render(result, fmt))
-                bar.update()
+        answers = _answers(todo, model, address, batch_size=batch_size, num_actors=num_actors, cpus_per_actor=1,
+                           backend=backend, detect=detect, tta=tta, explain=explain, adult_age=adult_age)
+        failed = write_answers(answers, out, fmt, header=header, total=len(todo), progress=progress,
+                               desc="predict (ray)")
         if done:
             print(f"deepage predict: skipped {len(sources) - len(todo)} images already in {output}",
                   file=sys.stderr)

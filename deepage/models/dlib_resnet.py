@@ -23,8 +23,9 @@ different shapes as if the smaller were padded with zeros). The affine layers ar
 per-channel scale and shift.
 
 The weights come from ``dlib_face_recognition_resnet_model_v1.dat`` in the PyPI package
-``face_recognition_models`` (a dependency already; the file is dlib's, released by its author under
-CC0 1.0 in the ``dlib-models`` repository). dlib writes each parameter tensor as dlib-style integers for its
+``face_recognition_models`` (a dependency already, MIT; the file is Davis King's, who released it into
+the public domain in the ``dlib-models`` repository; it was trained on FaceScrub, VGG-Face and images
+from the web, ~7,500 identities). dlib writes each parameter tensor as dlib-style integers for its
 shape followed by little-endian float32 values; :func:`read_dlib_resnet_weights` finds each layer by its
 version tag (``con_4``, ``affine_``, ``fc_2``) in forward order and checks every shape against the port.
 No library reads this format, hence the small reader; it executes nothing from the file.

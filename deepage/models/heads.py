@@ -144,9 +144,14 @@ class DexHead(nn.Module):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.fc(features)
 
-    def loss(self, outputs: torch.Tensor, ages: torch.Tensor) -> torch.Tensor:
+    def loss(self, outputs: torch.Tensor, ages: torch.Tensor, teacher_probs: torch.Tensor | None = None,
+             teacher_weight: float = 0.0) -> torch.Tensor:
+        """KL to the soft label plus the L1 term. Distillation: ``teacher_probs`` ``(B, 101)`` (an ensemble's
+        averaged age distributions) mixed into the target with ``teacher_weight`` in [0, 1]."""
         log_probs = outputs.float().log_softmax(dim=1)
         target = gaussian_age_targets(ages, self.sigma)
+        if teacher_probs is not None and teacher_weight > 0:
+            target = (1 - teacher_weight) * target + teacher_weight * teacher_probs.to(target)
         kl = F.kl_div(log_probs, target, reduction="batchmean")
         expected = (log_probs.exp() * self.ages).sum(dim=1)
         return kl + self.l1_weight * (expected - ages.float().clamp(max=MAX_AGE)).abs().mean()

@@ -141,8 +141,9 @@ class AgeModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.forward_features(x))
 
-    def loss(self, outputs: torch.Tensor, ages: torch.Tensor) -> torch.Tensor:
-        return self.head.loss(outputs, ages)
+    def loss(self, outputs: torch.Tensor, ages: torch.Tensor, **targets) -> torch.Tensor:
+        """The head's loss; ``targets``: extra targets the head takes (the DEX head's ``teacher_probs``)."""
+        return self.head.loss(outputs, ages, **targets)
 
     def predict(self, outputs: torch.Tensor) -> HeadOutput:
         return self.head.predict(outputs)

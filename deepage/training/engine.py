@@ -277,6 +277,7 @@ class TrainContext:
     rank: int = 0
     world: int = 1
     last_save: float = field(default_factory=time.perf_counter)  # when last.pt was last written
+    teacher_probs: torch.Tensor | None = None  # (N_train, 101): the teachers' mean age distributions
 
     @property
     def eval_model(self) -> torch.nn.Module:
@@ -321,6 +322,35 @@ class TrainContext:
         return state
 
 
+def teacher_distributions(config: TrainConfig, train_data: FaceData, run_dir: Path,
+                          device: torch.device) -> torch.Tensor | None:
+    """``(N_train, 101)`` float32: the mean of the ``config.teachers``' age distributions on the training
+    images (each teacher's own evaluation preprocessing, no augmentation), or ``None`` without teachers.
+
+    Computed once and kept in ``run_dir/teachers.pt`` with the teachers' paths, so a resumed run reuses it.
+    """
+    if not config.teachers:
+        return None
+    cache = run_dir / "teachers.pt"
+    if cache.is_file():
+        saved = torch.load(cache, map_location="cpu", weights_only=True)
+        if saved.get("teachers") == list(config.teachers) and saved["probs"].shape[0] == len(train_data):
+            return saved["probs"]
+    from ..checkpoint import model_from_checkpoint
+
+    total = torch.zeros(len(train_data), 101, dtype=torch.float64)
+    for path in config.teachers:
+        teacher = model_from_checkpoint(path).to(device)
+        batches = FaceBatches(train_data, teacher.spec.preprocessing, config.eval_batch_size)
+        preds = collect_predictions(teacher, batches, device, channels_last=config.channels_last)
+        if preds.age_probs is None or preds.age_probs.shape[1] != 101:
+            raise ValueError(f"config field 'teachers': {path} gives no distribution over ages 0-100")
+        total[torch.as_tensor(preds.index)] += torch.from_numpy(preds.age_probs.astype(np.float64))
+    probs = (total / len(config.teachers)).float()
+    save_checkpoint(cache, {"teachers": list(config.teachers), "probs": probs})
+    return probs
+
+
 def out_of_budget(config: TrainConfig, state: TrainState) -> str | None:
     """``"max_steps"`` or ``"max_minutes"`` once that budget is spent, else ``None``."""
     if config.max_steps is not None and state.step >= config.max_steps:
@@ -340,7 +370,11 @@ def _train_step(ctx: TrainContext, batch: Batch, lr: float) -> float:
         group["lr"] = lr * group.get("lr_mult", 1.0)
     with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=ctx.use_amp):
         outputs = ctx.train_model(x)
-    loss = model.loss(outputs, ages)
+    targets = {}
+    if ctx.teacher_probs is not None:  # distillation: the ensemble's distributions of these training images
+        targets = {"teacher_probs": ctx.teacher_probs[batch.index].to(ctx.device),
+                   "teacher_weight": config.teacher_weight}
+    loss = model.loss(outputs, ages, **targets)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if config.grad_clip > 0:
@@ -535,6 +569,7 @@ def train(config: TrainConfig | None = None, resume: str | Path | None = None,
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, run_dir / "config.yaml")  # on resume: with the overrides it was given
     ctx = _context(config, model, device, run_dir, train_data.fingerprint, rank, world, local_rank)
+    ctx.teacher_probs = teacher_distributions(config, train_data, run_dir, device)
     batches = FaceBatches(train_data, model.spec.preprocessing, config.batch_size, shuffle=True,
                           augment=TRAIN_AUGMENTATION if config.augment else None, drop_last=True,
                           seed=config.seed, rank=rank, world_size=world,
