@@ -81,6 +81,23 @@ def test_fusion_tightens_but_the_defaults_guard_against_a_spike():
         AgeFusion(forget=0)
 
 
+def test_a_track_gets_the_minor_adult_decision_of_its_fused_distribution():
+    from deepage.answers import AgeGate
+    from deepage.inference.video import Track
+
+    gate = AgeGate(adult_age=18, adult_threshold=0.9, minor_threshold=0.2, max_minors_passed=0.01,
+                   max_adults_held=0.05, minors_passed=0.0, adults_held=0.0, unsure=0.0, n_minors=1, n_adults=1)
+    rows = {}
+    for mu in (10, 17.5, 40):
+        track = Track(track_id=1, box=(0, 0, 10, 10), first_frame=0, last_frame=0, first_time=0.0, last_time=0.0)
+        track.fusion.add(_gauss(mu, 2.0))
+        rows[mu] = track.summary(gate)
+    assert [rows[mu]["decision"] for mu in (10, 17.5, 40)] == ["minor", "unsure", "adult"]
+    p = _gauss(17.5, 2.0)
+    assert rows[17.5]["p_adult"] == pytest.approx(p[18:].sum(), abs=1e-4) and rows[17.5]["adult_age"] == 18
+    assert track.summary()["decision"] is None and track.summary()["p_adult"] is None
+
+
 def test_tracker_ids_match_and_end_after_k_missed_frames():
     tracker = FaceTracker(max_missed=2)
     a, b = (10, 10, 60, 60), (200, 10, 250, 60)

@@ -46,6 +46,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ..answers import AgeGate, p_at_least
 from ..models.heads import INTERVAL_QUANTILES, age_quantiles
 from .predictor import FacePrediction, Predictor
 
@@ -164,15 +165,23 @@ class Track:
         """Where the box should be now: the last box moved by the velocity over the frames since."""
         return np.asarray(self.box, np.float64) + self.velocity * (self.missed + 1)
 
-    def summary(self) -> dict:
-        """The track as a row: :data:`TRACK_COLUMNS` (ages ``None`` without an age distribution)."""
-        age = low = high = None
+    def summary(self, gate: AgeGate | None = None) -> dict:
+        """The track as a row: :data:`TRACK_COLUMNS` (ages ``None`` without an age distribution). ``gate``:
+        the model's minor/adult operating point, applied to the fused distribution (``p_adult``,
+        ``decision``; ``None`` without one). Its thresholds were chosen on single photos: on a track's
+        sharper distribution the stated error rates are not measured."""
+        age = low = high = p_adult = decision = None
         if self.fusion.frames:
             age, (low, high) = self.fusion.age, self.fusion.interval
+            if gate is not None:
+                p_adult = float(p_at_least(self.fusion.probs, gate.adult_age))
+                decision = str(gate.decide(np.array([p_adult]))[0])
         r = lambda v, nd=2: None if v is None else round(float(v), nd)  # noqa: E731
         return {"track_id": self.track_id, "first_frame": self.first_frame, "last_frame": self.last_frame,
                 "first_time": r(self.first_time, 3), "last_time": r(self.last_time, 3),
-                "frames_seen": self.frames_seen, "age": r(age), "age_low": r(low), "age_high": r(high)}
+                "frames_seen": self.frames_seen, "age": r(age), "age_low": r(low), "age_high": r(high),
+                "adult_age": None if gate is None else gate.adult_age, "p_adult": r(p_adult, 4),
+                "decision": decision}
 
 
 class FaceTracker:
@@ -393,7 +402,7 @@ def track_video(predictor: Predictor, reader: VideoReader, tracker: FaceTracker,
 VIDEO_CSV_COLUMNS = ["source", "frame", "time", "track_id", "x0", "y0", "x1", "y1", "age", "age_low", "age_high",
                      "track_age", "track_age_low", "track_age_high", "detection_score"]
 TRACK_COLUMNS = ["source", "track_id", "first_frame", "last_frame", "first_time", "last_time", "frames_seen",
-                 "age", "age_low", "age_high"]
+                 "age", "age_low", "age_high", "adult_age", "p_adult", "decision"]
 
 _COLOURS = [(0, 200, 0), (230, 120, 0), (0, 140, 255), (220, 0, 160), (0, 190, 190), (160, 160, 0)]  # RGB
 
@@ -436,8 +445,10 @@ def _frame_text(result: FrameResult, fmt: str) -> str | None:
 
 def _track_line(source: str, row: dict) -> str:
     age = "" if row["age"] is None else f"  age {row['age']:.1f} [{row['age_low']:.1f}-{row['age_high']:.1f}]"
+    gate = "" if row.get("decision") is None else \
+        f"  {row['decision']} (P(age >= {row['adult_age']}) {row['p_adult']:.2f})"
     return (f"{source} track {row['track_id']}: frames {row['first_frame']}-{row['last_frame']} "
-            f"({row['first_time']:.2f}-{row['last_time']:.2f} s), seen in {row['frames_seen']}{age}")
+            f"({row['first_time']:.2f}-{row['last_time']:.2f} s), seen in {row['frames_seen']}{age}{gate}")
 
 
 def _write_tracks(path: Path, rows: list[dict]) -> None:
@@ -498,7 +509,7 @@ def run_video(sources: list[str | Path | int], predictor: Predictor, fmt: str = 
         finally:  # tracks and the annotated frames so far are kept, also on Ctrl-C
             if writer is not None:
                 writer.release()
-            rows = [{"source": name, **t.summary()} for t in tracker.tracks]
+            rows = [{"source": name, **t.summary(predictor.age_gate)} for t in tracker.tracks]
             track_rows += rows
             for row in rows:
                 print(_track_line(name, row), file=out if fmt == "table" else sys.stderr)
