@@ -97,7 +97,8 @@ def test_trunk_learning_rate_multiplier_groups():
     assert by_id[id(names["backbone.conv1.weight"])] == 0.1
     assert by_id[id(names["backbone.neck.weight"])] == 1.0  # the new standardisation learns at the head's rate
     assert by_id[id(names["head.fc.1.weight"])] == 1.0
-    assert len(by_id) == len(names)
+    assert len(by_id) == sum(p.requires_grad for p in names.values())
+    assert id(names["backbone.fc.weight"]) not in by_id  # the unused identity layer is frozen
     plain = make_optimizer(TrainConfig(model="dlib_resnet"), model)
     assert len(plain.param_groups) == 2  # the grouping of runs made before the option: they still resume
 

@@ -101,6 +101,10 @@ class _Block(nn.Module):
         self.norm2 = _norm(filters, norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.down and min(x.shape[-2:]) < 3:
+            # Inputs under ~100 px leave a map too small for the unpadded 3x3/2 convolution (dlib refuses
+            # them); zero-padding it at bottom/right lets small inputs run. At 150 px this never happens.
+            x = F.pad(x, (0, max(0, 3 - x.shape[-1]), 0, max(0, 3 - x.shape[-2])))
         out = self.norm2(self.conv2(F.relu(self.norm1(self.conv1(x)))))
         skip = F.avg_pool2d(x, 2, 2) if self.down else x
         # dlib's add_prev: shapes may differ (more channels, or a skip one pixel larger); the smaller tensor
@@ -138,6 +142,7 @@ class DlibResNet(nn.Module):
             channels = filters
         self.blocks = nn.Sequential(*blocks)
         self.fc = nn.Linear(256, 128, bias=False)
+        self.fc.weight.requires_grad_(feature == "descriptor")  # the identity code: unused by "pooled" features
         self.num_features = 256 if feature == "pooled" else 128
         # "neck": trained at the head's learning rate (see deepage.training.engine.make_optimizer)
         self.neck = nn.BatchNorm1d(self.num_features) if standardize else nn.Identity()
