@@ -58,6 +58,9 @@ def main() -> None:
     xlabel = "epochs" if args.x == "epochs" else "CPU minutes of training"
     ax_acc.set(xlabel=xlabel, ylabel="validation 14-class accuracy (%)")
     ax_mae.set(xlabel=xlabel, ylabel="validation MAE (years)")
+    # The first epochs (EMA still near the initial weights) would squash the interesting part of the plot.
+    ax_mae.set_ylim(top=min(ax_mae.get_ylim()[1], 7.0))
+    ax_acc.set_ylim(bottom=max(ax_acc.get_ylim()[0], 30.0))
     for ax in (ax_acc, ax_mae):
         ax.grid(alpha=0.3)
     ax_mae.legend(fontsize=7)
