@@ -21,11 +21,11 @@ frame to frame by a tracker, and each track's age is the running product of its 
   photo; ``forget`` (default :data:`DEFAULT_FORGET`): older frames' weight decays by this factor per
   processed frame, so the track follows a face that turns or changes and its evidence is capped at
   ``1 / (1 - forget)`` frames (at most ``1 + 19 / 8`` photos' worth with the defaults). Measured on the
-  clip of ``scripts/video_steadiness.py`` (one face, 60 jittered, noisy frames): the shown age changes by
-  1.80 years a frame on average without smoothing, 0.15 with it; the 10-90 % interval is 16.9 years wide
-  after 1 frame, 10.9 after 10 and 7.5 after 50 (the plain product, ``temperature=1, forget=1``: 3.7 and
-  1.8, a certainty the model does not have). The defaults are a judgement, not a calibration: after many
-  frames the interval is no longer a calibrated 80 % interval for the person's age.
+  clip of ``scripts/video_steadiness.py`` (one face, 60 jittered, noisy frames; the default model): the
+  shown age changes by 1.78 years a frame on average without smoothing, 0.14 with it; the 10-90 % interval
+  is 16.1 years wide after 1 frame, 12.0 after 10 and 9.4 after 50 (the plain product, ``temperature=1,
+  forget=1``: 4.7 and 1.6, a certainty the model does not have). The defaults are a judgement, not a
+  calibration: after many frames the interval is no longer a calibrated 80 % interval for the person's age.
 
 Everything here is **RGB** ``uint8``; boxes are ``(x0, y0, x1, y1)`` frame pixels; times are seconds.
 """
