@@ -22,14 +22,15 @@ from deepage.checkpoint import model_from_checkpoint
 from deepage.data.loader import FaceBatches, load_split
 from deepage.evaluation.metrics import core_metrics
 from deepage.evaluation.predictions import Predictions, collect_predictions
-from deepage.labels import get_scheme, list_schemes
+from deepage.models.heads import DexHead
 
 
 def _from_distribution(age_true: np.ndarray, probs: np.ndarray) -> Predictions:
-    """``(N, 101)`` age distributions → predictions as a DEX head gives them."""
-    probs = probs / probs.sum(axis=1, keepdims=True)
-    classes = {s: probs @ get_scheme(s).age_to_class_matrix().numpy() for s in list_schemes()}
-    return Predictions(age_true=age_true, age_pred=probs @ np.arange(probs.shape[1]), class_probs=classes)
+    """``(N, 101)`` age distributions → predictions as a DEX head gives them (the head's own ``predict`` on
+    their logarithms: softmax(log p) is p, renormalised)."""
+    out = DexHead(1).predict(torch.from_numpy(np.log(np.maximum(probs, 1e-12))).float())
+    return Predictions(age_true=age_true, age_pred=out.age.numpy(),
+                       class_probs={k: v.numpy() for k, v in out.class_probs.items()})
 
 
 def main() -> None:
