@@ -4,7 +4,7 @@ PyTorch and ONNX Runtime backends; p50/p95 over ``--runs`` calls, and the ONNX �
 Goals: p50 ≤ 50 ms end to end; ONNX/PyTorch ≤ 0.7. The model alone (the preprocessed batch of one face
 through the network and the head) is timed too, since detection costs both backends the same.
 
-    python bench/predict.py                       # the bundled model, if present
+    python bench/predict.py                       # the bundled model (and its int8 graph), if present
     python bench/predict.py --model runs/NAME/best.pt --runs 50 --threads 1
 """
 
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from deepage.inference.predictor import DEFAULT_MODEL, Predictor, load_rgb
+from deepage.inference.predictor import DEFAULT_INT8_MODEL, DEFAULT_MODEL, Predictor, load_rgb
 from deepage.preprocessing import images_to_batch
 
 PHOTO = Path(__file__).resolve().parents[1] / "deepage" / "assets" / "astronaut.jpg"
@@ -40,10 +40,15 @@ def _interleaved_ms(fns: dict, runs: int, warmup: int) -> dict[str, np.ndarray]:
     return {k: np.array(v) for k, v in out.items()}
 
 
-def bench(model: Path, image: Path, runs: int, warmup: int) -> dict[str, dict[str, float]]:
-    """``{backend: {"p50", "p95", "model_p50", "model_p95"}}`` in milliseconds."""
+def bench(model: Path, image: Path, runs: int, warmup: int,
+          int8: Path | None = None) -> dict[str, dict[str, float]]:
+    """``{backend: {"p50", "p95", "model_p50", "model_p95"}}`` in milliseconds; ``int8``: also that int8
+    ``.onnx`` (row ``int8``)."""
     backends = ["onnx"] if model.suffix == ".onnx" else ["torch", "onnx"]
     predictors = {b: Predictor.from_checkpoint(model, backend=b) for b in backends}
+    if int8 is not None:
+        predictors["int8"] = Predictor.from_checkpoint(int8, backend="onnx")
+        backends.append("int8")
     fns = {}
     for backend, predictor in predictors.items():
         first = predictor.predict_one(image)
@@ -84,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no model at {model}: pass --model CKPT", file=sys.stderr)
         return 1
     torch.set_num_threads(args.threads)
-    results = bench(model, Path(args.image), args.runs, args.warmup)
+    int8 = DEFAULT_INT8_MODEL if args.model is None and DEFAULT_INT8_MODEL.is_file() else None
+    results = bench(model, Path(args.image), args.runs, args.warmup, int8=int8)
     print("command: python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])]))
     print(f"model: {model}; image: {args.image}; {args.runs} runs after {args.warmup} warm-up; "
           f"{args.threads} thread(s)")
@@ -93,7 +99,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:<8}{r['p50']:>12.1f}{r['p95']:>12.1f}{r['model_p50']:>14.2f}{r['model_p95']:>14.2f}")
     shared = stages(Path(args.image), args.runs, args.warmup)
     print("shared by both backends (p50 ms): " + ", ".join(f"{k} {v:.1f}" for k, v in shared.items()))
-    if len(results) == 2:
+    if "int8" in results:
+        print(f"int8 (what Predictor.default() runs) / PyTorch p50: end to end "
+              f"{results['int8']['p50'] / results['torch']['p50']:.2f}, model alone "
+              f"{results['int8']['model_p50'] / results['torch']['model_p50']:.2f}")
+    if "torch" in results:
         print(f"ONNX / PyTorch p50: end to end {results['onnx']['p50'] / results['torch']['p50']:.2f}, "
               f"model alone {results['onnx']['model_p50'] / results['torch']['model_p50']:.2f} "
               "(goals: e2e p50 <= 50 ms, ratio <= 0.7)")

@@ -42,15 +42,16 @@ from PIL import Image
 ARCHIVE = Path(__file__).resolve().parents[2] / "shared" / "data" / "UTKFace.tar.gz"
 
 
-def read_chips(archive: Path, n: int, seed: int, data: Path | None) -> list[tuple[str, bytes]]:
-    """``n`` (name, JPEG bytes) UTKFace chips, a seeded sample (of the test split of ``data`` if given)."""
+def read_chips(archive: Path, n: int, seed: int, data: Path | None, split: int = 2) -> list[tuple[str, bytes]]:
+    """``n`` (name, JPEG bytes) UTKFace chips, a seeded sample (of split ``split`` of ``data`` if given;
+    default 2, the test split)."""
     wanted = None
     if data is not None:
         import h5py
 
         with h5py.File(data, "r") as f:
             names = f["filename"].asstr()[:]
-            wanted = {Path(x).name for x in names[f["split"][:] == 2]}
+            wanted = {Path(x).name for x in names[f["split"][:] == split]}
     chips = []
     with tarfile.open(archive) as tar:
         for member in tar:
@@ -64,6 +65,11 @@ def read_chips(archive: Path, n: int, seed: int, data: Path | None) -> list[tupl
 
 def paste_on_background(chip: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A 300-600 px photo stand-in: ``chip`` (RGB) scaled to 35-60 % of the short side, on a gradient."""
+    return paste_on_background_at(chip, rng)[0]
+
+
+def paste_on_background_at(chip: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """:func:`paste_on_background` and where the chip went: ``(x, y, side)`` in the photo's pixels."""
     h, w = (int(v) for v in rng.integers(300, 601, size=2))
     c0, c1 = rng.integers(0, 256, size=(2, 3))
     t = np.linspace(0, 1, w)[None, :, None]
@@ -73,24 +79,34 @@ def paste_on_background(chip: np.ndarray, rng: np.random.Generator) -> np.ndarra
     face = cv2.resize(chip, (side, side), interpolation=cv2.INTER_AREA)
     y, x = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
     photo[y:y + side, x:x + side] = face
-    return photo
+    return photo, (x, y, side)
 
 
 def real_photo(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A copy of the photo ``rgb`` (RGB) made larger or smaller (150-1400 px on the long side), rotated by up
     to 20° (edges reflected), sometimes mirrored, and cropped off-centre to 75-100 % of each side."""
+    return real_photo_and_matrix(rgb, rng)[0]
+
+
+def real_photo_and_matrix(rgb: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`real_photo` and the ``(2, 3)`` affine from ``rgb``'s pixels to the copy's (where its face went)."""
     h, w = rgb.shape[:2]
     scale = rng.uniform(150, 1400) / max(h, w)
     out = cv2.resize(rgb, (max(16, round(w * scale)), max(16, round(h * scale))),
                      interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
+    sx, sy = out.shape[1] / w, out.shape[0] / h
     h, w = out.shape[:2]
     turn = cv2.getRotationMatrix2D((w / 2, h / 2), float(rng.uniform(-20, 20)), 1.0)
     out = cv2.warpAffine(out, turn, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+    # resize maps pixel centres: x' = (x + 0.5) * s - 0.5
+    matrix = turn @ np.array([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5], [0.0, 0.0, 1.0]])
     if rng.random() < 0.5:
         out = out[:, ::-1]
+        matrix = np.array([[-1.0, 0.0, w - 1.0], [0.0, 1.0, 0.0]]) @ np.vstack([matrix, [0.0, 0.0, 1.0]])
     ch, cw = (max(16, int(side * rng.uniform(0.75, 1.0))) for side in (h, w))
     y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
-    return np.ascontiguousarray(out[y:y + ch, x:x + cw])
+    matrix = matrix - np.array([[0.0, 0.0, x], [0.0, 0.0, y]])
+    return np.ascontiguousarray(out[y:y + ch, x:x + cw]), matrix
 
 
 def real_sources() -> list[np.ndarray]:

@@ -103,6 +103,10 @@ class TrainConfig:
                 if getattr(self, key):
                     raise ValueError(f"config field {key!r} applies to head 'classes' only (head is {self.head!r}; "
                                      "age heads answer every scheme)")
+        if self.val_split and self.val_split != "all" and self.val_split in self.train_split.split("+"):
+            raise ValueError(f"config field 'val_split': {self.val_split!r} is part of train_split "
+                             f"{self.train_split!r}; validating on training images picks nothing (set val_split "
+                             "to '' and a fixed number of epochs)")
         unknown = sorted(set(self.head_kwargs) - set(head_options(self.head)))
         if unknown:
             raise ValueError(f"config field 'head_kwargs': head {self.head!r} has no option(s) {unknown}; "

@@ -66,6 +66,10 @@ LANDMARK_FILE = "shape_predictor_5_face_landmarks.dat"
 FRAME_LOOK_SIDE = 320
 """Larger photos are shrunk to this side for the look in a border (a face filling the frame is large)."""
 
+ENLARGE_SIDE = 640
+"""Photos larger than this (after ``max_side``) get a last look shrunk to it instead of an enlarged one
+(:meth:`FaceAligner._looks`): faces under 80 px in them are not looked for."""
+
 HAAR_LOOK_SIDE = 480
 """Photos are shrunk to this side for the Haar cascades of :meth:`FaceAligner._second_chance`."""
 
@@ -340,13 +344,16 @@ class FaceAligner:
 
         HOG: (1) the photo shrunk to 0.85 (faces from 94 px, at 72 % of the cost of the photo's own scale);
         (2) the photo equalised (faces from 80 px, and dark, washed-out or side-lit faces); (3) equalised in a
-        border (a face that fills the frame; larger photos are shrunk to :data:`FRAME_LOOK_SIDE` px for it: such
-        a face is large); (4) equalised and enlarged twice (faces of 40-80 px, at 4x the cost).
+        border (a face that fills the frame; larger photos are shrunk to :data:`FRAME_LOOK_SIDE` px for it:
+        such a face is large); (4) where the working side (the long side, at most ``max_side``) is at most
+        :data:`ENLARGE_SIDE`: equalised and enlarged twice (faces of 40-80 px, at 4x the cost); in a larger
+        photo, instead, the photo shrunk to that side (such a small face is under an eighth of its side, and
+        the 4x look took most of the time spent on large photos in which nothing was found).
 
-        Chosen by simulating orders of 23 candidate looks on 2,500 UTKFace *training* chips; checked on 2,500
-        *validation* chips (2,134) and 600 stand-in photos (chips pasted on 300-600 px backgrounds, seeds 2-3 of
-        ``bench/predict_batch.py``). Against the order used before (own scale; enlarged; enlarged in a
-        border; for larger photos: own scale; in a border; enlarged), per photo of CPU:
+        Looks 1-4 were chosen by simulating orders of 23 candidate looks on 2,500 UTKFace *training* chips;
+        checked on 2,500 *validation* chips (2,134) and 600 stand-in photos (chips pasted on 300-600 px
+        backgrounds, seeds 2-3 of ``bench/predict_batch.py``). Against the order used before (own scale;
+        enlarged; enlarged in a border; for larger photos: own scale; in a border; enlarged), per photo of CPU:
 
         ========================  ======================  ======================
         set                       before                  these looks
@@ -356,14 +363,22 @@ class FaceAligner:
         stand-in photos           586 found, 24.6 ms      588 found, 19.1 ms
         ========================  ======================  ======================
 
+        Look 4 for larger photos came from ``scripts/look_study.py`` on ``bench/predict_batch.py``'s real
+        photos (120, 150-1400 px, faces placed by the known transform): the same 75.0 % found as with the 4x
+        look, no wrong face more, landmarks as close, at 63.0 ms of detection per photo against 97.1 (without
+        any look 4 there: 71.7 %, 60.4 ms). Taking the shrunk look *first* was as fast but would miss a
+        smaller face beside a large one; looks that turn the photo by ±40° found no face more (HOG still
+        finds her face tilted by 40°). Neither is taken.
+
         Haar: the photo, then the photo in a border (up to 1024 px)."""
         pad = max(h, w) // 4
         if not hog:
             return [Look(), Look(pad=pad)] if max(h, w) <= 1024 else [Look()]
-        big = min(max(h, w), self.max_side) >= SMALL_PHOTO
-        return [Look(scale=0.85), Look(equalise=True),
-                Look(pad=pad, max_side=FRAME_LOOK_SIDE if big else None, equalise=True),
-                Look(upsample=1, equalise=True)]
+        side = min(max(h, w), self.max_side)
+        looks = [Look(scale=0.85), Look(equalise=True),
+                 Look(pad=pad, max_side=FRAME_LOOK_SIDE if side >= SMALL_PHOTO else None, equalise=True)]
+        looks.append(Look(upsample=1, equalise=True) if side <= ENLARGE_SIDE else Look(max_side=ENLARGE_SIDE))
+        return looks
 
     def _boxes(self, rgb: np.ndarray) -> list[tuple[tuple[float, float, float, float], float]]:
         """Boxes scoring at least ``min_score``, from the first of :meth:`_looks` that finds some. If none is

@@ -44,6 +44,14 @@ def write_utk_folder(folder: Path, n: int = 60, size: int = 48, seed: int = 0) -
     return out
 
 
+@pytest.fixture(scope="session", autouse=True)
+def onnx_cache(tmp_path_factory) -> Path:
+    """Exported ONNX graphs are cached in a folder of this test session, not in the user's ~/.cache."""
+    folder = tmp_path_factory.mktemp("onnx-cache")
+    os.environ["DEEPAGE_CACHE_DIR"] = str(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_h5(tmp_path_factory) -> Path:
     """A finished, split HDF5 of 120 synthetic images at 32 px (session-wide; treat as read-only)."""

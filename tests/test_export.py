@@ -71,3 +71,106 @@ def test_onnx_without_spec_is_refused(tmp_path, tiny_checkpoint):
     onnx.save(proto, str(tmp_path / "plain.onnx"))
     with pytest.raises(ValueError, match="no 'deepage_spec' metadata"):
         Predictor.from_checkpoint(tmp_path / "plain.onnx", backend="onnx")
+
+
+def test_a_checked_graph_is_cached_and_a_broken_cache_entry_is_rebuilt(tiny_checkpoint, tmp_path, monkeypatch):
+    """A second process loading the same checkpoint reads the checked graph from the cache (no export); a
+    truncated cache file is exported again, and an unwritable cache folder only costs the cache."""
+    from deepage.checkpoint import model_from_checkpoint
+    from deepage.inference import export
+
+    monkeypatch.setenv("DEEPAGE_CACHE_DIR", str(tmp_path / "cache"))
+    model = model_from_checkpoint(tiny_checkpoint)
+    first = export.checked_onnx_bytes(model, tiny_checkpoint)
+    (entry,) = (tmp_path / "cache").glob("*.onnx")
+    assert entry.read_bytes() == first
+
+    def no_export(*a, **k):
+        raise AssertionError("exported again although the cache holds the graph")
+
+    monkeypatch.setattr(export, "model_to_onnx_bytes", no_export)
+    assert export.checked_onnx_bytes(model, tiny_checkpoint) == first
+    monkeypatch.undo()
+
+    monkeypatch.setenv("DEEPAGE_CACHE_DIR", str(tmp_path / "cache"))
+    entry.write_bytes(first[: len(first) // 3])  # a file cut short
+    assert export.checked_onnx_bytes(model, tiny_checkpoint) == first
+    assert entry.read_bytes() == first
+
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("x")
+    monkeypatch.setenv("DEEPAGE_CACHE_DIR", str(blocker))
+    assert export.checked_onnx_bytes(model, tiny_checkpoint) == first
+
+
+@pytest.fixture(scope="module")
+def int8_graph(tiny_checkpoint, tiny_h5, tmp_path_factory):
+    from deepage.checkpoint import load_checkpoint
+    from deepage.data.loader import sample_inputs
+    from deepage.models.registry import ModelSpec
+
+    pre = ModelSpec.from_dict(load_checkpoint(tiny_checkpoint)["spec"]).preprocessing
+    calibration = sample_inputs(tiny_h5, pre, n=48)
+    assert calibration.shape == (48, 3, pre.input_size, pre.input_size) and calibration.dtype == np.float32
+    return export_onnx(tiny_checkpoint, tmp_path_factory.mktemp("int8") / "tiny.int8.onnx",
+                       int8_calibration=calibration)
+
+
+def test_an_int8_graph_carries_its_provenance_and_is_scored_as_it_answers(int8_graph, exported, tiny_checkpoint,
+                                                                          tiny_h5, tmp_path):
+    import onnx
+
+    from deepage.checkpoint import load_checkpoint, weights_digest
+    from deepage.evaluation.evaluate import evaluate_checkpoint
+    from deepage.inference.export import FINGERPRINT_KEY, WEIGHTS_KEY
+
+    proto = onnx.load(str(int8_graph))
+    assert any(node.op_type == "QuantizeLinear" for node in proto.graph.node)
+    meta = {p.key: p.value for p in proto.metadata_props}
+    ckpt = load_checkpoint(tiny_checkpoint)
+    assert meta[WEIGHTS_KEY] == weights_digest(ckpt["state_dict"])
+    assert meta[FINGERPRINT_KEY] == ckpt["split_fingerprint"] and SPEC_KEY in meta
+    by_int8 = evaluate_checkpoint(int8_graph, tiny_h5, split="val", out_dir=tmp_path / "i8", plots=False)
+    by_float = evaluate_checkpoint(exported, tiny_h5, split="val", out_dir=tmp_path / "f32", plots=False)
+    by_torch = evaluate_checkpoint(tiny_checkpoint, tiny_h5, split="val", out_dir=tmp_path / "pt", plots=False)
+    assert by_int8.metrics["fingerprints"]["match"] and not by_int8.warnings
+    assert by_float.metrics["age"]["mae"] == pytest.approx(by_torch.metrics["age"]["mae"], abs=1e-3)
+    assert abs(by_int8.metrics["age"]["mae"] - by_float.metrics["age"]["mae"]) < 0.5
+
+
+def test_int8_quantisation_that_moves_the_ages_is_refused(tiny_checkpoint, tiny_h5, monkeypatch):
+    from deepage.checkpoint import model_from_checkpoint
+    from deepage.data.loader import sample_inputs
+    from deepage.inference import export
+
+    model = model_from_checkpoint(tiny_checkpoint)
+    calibration = sample_inputs(tiny_h5, model.spec.preprocessing, n=16)
+    monkeypatch.setattr(export, "INT8_MAX_AGE_CHANGE", -1.0)
+    with pytest.raises(RuntimeError, match="changes its answers too much"):
+        export.quantize_int8(export.model_to_onnx_bytes(model), calibration, "tiny")
+
+
+def test_the_default_predictor_takes_the_int8_graph_of_its_own_weights(int8_graph, tiny_checkpoint, tmp_path,
+                                                                       monkeypatch, caplog):
+    from deepage.checkpoint import load_checkpoint, save_checkpoint
+    from deepage.inference import predictor
+
+    monkeypatch.setattr(predictor, "DEFAULT_MODEL", tiny_checkpoint)
+    monkeypatch.setattr(predictor, "DEFAULT_INT8_MODEL", int8_graph)
+    with Predictor.default() as chosen:
+        assert chosen.checkpoint_path == int8_graph and chosen.backend == "onnx"
+    with Predictor.default(int8=False) as chosen:
+        assert chosen.checkpoint_path == tiny_checkpoint
+    with Predictor.default(backend="torch") as chosen:
+        assert chosen.checkpoint_path == tiny_checkpoint and chosen.backend == "torch"
+
+    ckpt = load_checkpoint(tiny_checkpoint)  # other weights beside the same int8 graph
+    ckpt["state_dict"] = {k: v + 1e-3 if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()}
+    retrained = tmp_path / "retrained.pt"
+    save_checkpoint(retrained, {k: v for k, v in ckpt.items() if k not in ("format", "versions")})
+    monkeypatch.setattr(predictor, "DEFAULT_MODEL", retrained)
+    with caplog.at_level("WARNING"), Predictor.default() as chosen:
+        assert chosen.checkpoint_path == retrained
+    assert "exported from other weights" in caplog.text
+    with pytest.raises(ValueError, match="exported from other weights"):
+        Predictor.default(int8=True)

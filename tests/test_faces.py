@@ -225,6 +225,10 @@ def test_a_utkface_style_chip_is_found_in_one_look_at_its_own_scale(astronaut, a
     assert aligner._looks(200, 200, True) == [  # then the costlier looks, in order
         Look(scale=0.85), Look(equalise=True), Look(pad=50, equalise=True), Look(upsample=1, equalise=True)]
     assert aligner._looks(480, 640, True)[2] == Look(pad=160, max_side=320, equalise=True)  # large: shrunk
+    # a photo larger than ENLARGE_SIDE is never enlarged 4x (faces under 80 px in it are not looked for):
+    # its last look is the photo shrunk to that side
+    assert aligner._looks(900, 1200, True) == [
+        Look(scale=0.85), Look(equalise=True), Look(pad=300, max_side=320, equalise=True), Look(max_side=640)]
 
 
 @pytest.mark.slow

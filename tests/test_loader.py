@@ -118,5 +118,7 @@ def test_split_loading_and_lazy_mode(tiny_h5):
     idx = np.array([3, 0, 2])
     torch.testing.assert_close(lazy.read_images(idx), eager.read_images(idx))
     assert len(load_split(tiny_h5, "all")) == 120
+    both = load_split(tiny_h5, "train+val")  # the final model's data: every image not in test
+    assert len(both) == len(load_split(tiny_h5, "train")) + len(eager) == 120 - len(load_split(tiny_h5, "test"))
     with pytest.raises(ValueError, match="unknown split"):
         load_split(tiny_h5, "holdout")

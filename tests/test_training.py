@@ -45,6 +45,9 @@ def test_config_layers_and_errors(tmp_path):
         apply_overrides(TrainConfig(), ["optimizer=lbfgs"])
     with pytest.raises(ValueError, match="needs scheme"):
         TrainConfig(head="classes")
+    with pytest.raises(ValueError, match=r"'val' is part of train_split 'train\+val'"):
+        TrainConfig(train_split="train+val")
+    assert TrainConfig(train_split="train+val", val_split="").val_split == ""
 
 
 def test_config_names_come_from_the_registries():

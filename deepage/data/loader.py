@@ -20,7 +20,7 @@ from .duplicates import conflicting_rows
 from .h5file import open_h5, require_datasets
 from .split import SPLIT_NAMES, read_split
 
-__all__ = ["FaceData", "Batch", "FaceBatches", "load_split"]
+__all__ = ["FaceData", "Batch", "FaceBatches", "load_split", "TRAIN_AND_VAL", "sample_inputs"]
 
 
 @dataclass
@@ -53,9 +53,12 @@ class FaceData:
         return torch.from_numpy(out)
 
 
+TRAIN_AND_VAL = "train+val"
+
+
 def load_split(path: str | Path, split: str = "train", max_memory_gb: float = 8.0,
                drop_conflicting: bool = False) -> FaceData:
-    """Load one split (``train``, ``val``, ``test`` or ``all``) of an ingested file.
+    """Load one split (``train``, ``val``, ``test``, ``train+val`` or ``all``) of an ingested file.
 
     A file without a saved split can only be loaded as ``all``. ``drop_conflicting``: leave out every image
     of a duplicate group whose members carry different ages (see ``deepage duplicates``).
@@ -69,12 +72,13 @@ def load_split(path: str | Path, split: str = "train", max_memory_gb: float = 8.
         n = f["age"].shape[0]
         if split == "all":
             rows = np.arange(n)
-        elif split in SPLIT_NAMES:
+        elif split in SPLIT_NAMES or split == TRAIN_AND_VAL:
             if assignment is None:
                 raise ValueError(f"{path} has no saved split; run `deepage split {path}` or use --split all")
-            rows = np.flatnonzero(assignment == SPLIT_NAMES.index(split))
+            parts = split.split("+")  # train+val: a final model trained on both once validation chose its length
+            rows = np.flatnonzero(np.isin(assignment, [SPLIT_NAMES.index(p) for p in parts]))
         else:
-            raise ValueError(f"unknown split {split!r}; choose train, val, test or all")
+            raise ValueError(f"unknown split {split!r}; choose train, val, test, {TRAIN_AND_VAL} or all")
         if drop_conflicting:
             if "dup_group" not in f:
                 raise ValueError(f"{path}: drop_conflicting needs the duplicate groups of `deepage split`")
@@ -170,3 +174,14 @@ class FaceBatches:
                 images = photo_augment(images, self.photo, gen)
             x = prepare_batch(images, self.pre, self.augment, gen)
             yield Batch(x=x, age=self.data.age[torch.as_tensor(idx)], index=torch.as_tensor(idx))
+
+
+def sample_inputs(path: str | Path, pre: Preprocessing, n: int = 256, split: str = "train",
+                  seed: int = 0) -> np.ndarray:
+    """``(n, 3, S, S)`` float32: ``n`` images drawn (seeded) from ``split`` of ``path``, through the evaluation
+    transform of ``pre`` (what int8 quantisation calibrates its activation ranges on)."""
+    data = load_split(path, split)
+    if len(data) == 0:
+        raise ValueError(f"split '{split}' of {path} holds no images")
+    rows = np.sort(np.random.default_rng(seed).choice(len(data), size=min(n, len(data)), replace=False))
+    return prepare_batch(data.read_images(rows), pre).numpy()

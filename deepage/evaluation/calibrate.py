@@ -11,6 +11,7 @@ rest of the file unchanged), so every later ``predict``, ``serve`` and ``export`
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -24,9 +25,9 @@ from ..answers import (
     choose_age_gate,
     p_at_least,
 )
-from ..checkpoint import AGE_GATES_KEY, load_checkpoint, model_from_checkpoint, save_checkpoint, weights_digest
+from ..checkpoint import AGE_GATES_KEY, save_checkpoint, weights_digest
 from ..data.loader import load_split
-from .evaluate import _has_saved_split, _timed_predictions
+from .evaluate import _has_saved_split, _timed_predictions, load_for_evaluation
 from .report import fmt_pct
 
 __all__ = ["CalibrationResult", "calibrate_checkpoint"]
@@ -86,8 +87,8 @@ def calibrate_checkpoint(checkpoint: str | Path, data: str | Path, split: str = 
     adult_age = check_adult_age(adult_age)
     if not data.is_file():
         raise FileNotFoundError(f"data file {data} not found")
-    ckpt = load_checkpoint(checkpoint)
-    model = model_from_checkpoint(ckpt)
+    onnx_file = checkpoint.suffix.lower() == ".onnx"  # an exported graph (int8: its own scores, its own point)
+    model, ckpt = load_for_evaluation(checkpoint)
     if model.spec.head == "classes":
         raise ValueError(f"{checkpoint} has a classes head: the minor/adult check needs an age distribution "
                          "(a dex or coral head)")
@@ -103,9 +104,16 @@ def calibrate_checkpoint(checkpoint: str | Path, data: str | Path, split: str = 
                            max_minors_passed=max_minors_passed, max_adults_held=max_adults_held)
     gate = replace(gate, split=split, data=data.name, data_fingerprint=str(face_data.fingerprint),
                    checkpoint_fingerprint=str(ckpt.get("split_fingerprint", "unknown")),
-                   weights=weights_digest(ckpt["state_dict"]), tta_flip=bool(tta_flip))
+                   weights=ckpt.get("weights_digest", "") if onnx_file else weights_digest(ckpt["state_dict"]),
+                   tta_flip=bool(tta_flip))
     gates = dict(ckpt.get(AGE_GATES_KEY) or {})
     gates[str(adult_age)] = gate.to_dict()
     path = Path(output) if output is not None else checkpoint
-    save_checkpoint(path, {**ckpt, AGE_GATES_KEY: gates})
+    if onnx_file:
+        from ..inference.export import AGE_GATES_KEY as ONNX_GATES_KEY
+        from ..inference.export import write_onnx_metadata
+
+        write_onnx_metadata(checkpoint, path, {ONNX_GATES_KEY: json.dumps(gates)})
+    else:
+        save_checkpoint(path, {**ckpt, AGE_GATES_KEY: gates})
     return CalibrationResult(gate=gate, path=path, warnings=_warnings(gate, split))

@@ -165,6 +165,17 @@ def _provenance(checkpoint: Path, data: Path, split: str, requested: str, face_d
     }
 
 
+def load_for_evaluation(path: Path) -> tuple[AgeModel, dict]:
+    """The model to score and its checkpoint (or, for an ``.onnx`` file from ``deepage export``, float or
+    int8, a checkpoint-like record of its metadata: what ships is scored as it answers)."""
+    if path.suffix.lower() == ".onnx":
+        from ..inference.export import onnx_model_and_record
+
+        return onnx_model_and_record(path)
+    ckpt = load_checkpoint(path)
+    return model_from_checkpoint(ckpt, name=path), ckpt
+
+
 def stored_age_gate(ckpt: dict, checkpoint: Path, adult_age: int) -> AgeGate:
     """The operating point for ``adult_age`` stored in ``ckpt``, or a ``ValueError`` saying how to make one."""
     adult_age = check_adult_age(adult_age)
@@ -214,8 +225,7 @@ def evaluate_checkpoint(
         raise FileNotFoundError(f"data file {data} not found")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    ckpt = load_checkpoint(checkpoint)
-    model = model_from_checkpoint(ckpt, name=checkpoint)
+    model, ckpt = load_for_evaluation(checkpoint)
     gate = None if adult_age is None else stored_age_gate(ckpt, checkpoint, adult_age)
     warn: list[str] = []
     requested = split

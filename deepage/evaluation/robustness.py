@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import load_checkpoint, model_from_checkpoint
 from ..data.loader import FaceBatches, FaceData, load_split
 from ..degradations import DEFAULT_DEGRADATIONS, degrade, parse_degradations
+from .evaluate import load_for_evaluation
 from .metrics import core_metrics, json_safe
 from .predictions import Predictions, collect_predictions
 
@@ -49,8 +49,8 @@ def evaluate_degraded(checkpoint: str | Path, data: str | Path, split: str = "va
     Returns ``{"split", "n", "seed", "conditions": {"clean": {...}, "noise=12": {...}, ...}}`` and, with
     ``out_dir``, writes it as ``degraded.json`` and a table as ``degraded.md``."""
     conditions = parse_degradations(degradations)
-    ckpt = load_checkpoint(checkpoint)
-    model = model_from_checkpoint(ckpt, checkpoint).to(device)
+    model, _ = load_for_evaluation(Path(checkpoint))
+    model = model.to(device)
     if model.spec.head == "classes":
         raise ValueError(f"{checkpoint}: --degrade needs an age head (dex or coral), not 'classes'")
     clean = load_split(data, split)

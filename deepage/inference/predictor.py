@@ -33,7 +33,7 @@ import torch
 from PIL import Image
 
 from ..answers import DEFAULT_ADULT_AGE, INTERVAL_QUANTILES, AgeGate, Answers, answer_batch, check_adult_age, p_at_least
-from ..checkpoint import load_checkpoint, model_from_checkpoint, read_age_gates
+from ..checkpoint import load_checkpoint, model_from_checkpoint, read_age_gates, weights_digest
 from ..crops import Crop, CropMaker, PreparedImage, init_worker, load_rgb, worker_prepare_many
 from ..faces import FaceAligner
 from ..labels import get_scheme
@@ -48,6 +48,9 @@ __all__ = ["Predictor", "ImagePrediction", "FacePrediction", "GroupPrediction", 
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "assets" / "default_model.pt"
+DEFAULT_INT8_MODEL = DEFAULT_MODEL.with_name("default_model.int8.onnx")
+"""The bundled model's int8 ONNX graph (``deepage export default_model.pt --int8 DATA``), which
+:meth:`Predictor.default` answers with on the CPU when ONNX Runtime is installed."""
 """The bundled model that :meth:`Predictor.default` loads."""
 
 BACKENDS = ("auto", "torch", "onnx")
@@ -247,7 +250,8 @@ class Predictor:
                         adult_age: int | str | None = AUTO) -> Predictor:
         """Load a ``.pt`` checkpoint or an ``.onnx`` file written by ``deepage export`` (its spec and stored
         minor/adult operating points are read from the file). ``backend``: ``"auto"`` (see
-        :func:`resolve_backend`), ``"torch"`` or ``"onnx"`` (a ``.pt`` is then exported in memory, ~1 s).
+        :func:`resolve_backend`), ``"torch"`` or ``"onnx"`` (a ``.pt`` is then exported, ~2 s, and the checked graph
+        cached on disk for the next process: :func:`~deepage.inference.export.checked_onnx_bytes`).
         ``workers``, ``adult_age``: see :class:`Predictor`."""
         path = Path(path)
         wanted = backend
@@ -267,11 +271,10 @@ class Predictor:
         model = model_from_checkpoint(ckpt, name=path).to(device)
         kw["age_gates"] = read_age_gates(ckpt, path)
         if backend == "onnx":
-            from .export import check_onnx, model_to_onnx_bytes, onnx_session
+            from .export import checked_onnx_bytes, onnx_session
 
             try:
-                data = model_to_onnx_bytes(model.cpu())
-                check_onnx(model, data, path)  # the same check as `deepage export`
+                data = checked_onnx_bytes(model, path)  # the same check as `deepage export`; cached on disk
                 session = onnx_session(data, model_threads(n_workers))
             except Exception as exc:  # noqa: BLE001 - exporters fail in many ways; auto falls back to torch
                 if wanted == "onnx":
@@ -283,13 +286,31 @@ class Predictor:
         return cls(model.spec, path, "torch", model=model, **kw)
 
     @classmethod
-    def default(cls, **kw) -> Predictor:
+    def default(cls, int8: bool | str = AUTO, **kw) -> Predictor:
         """The bundled model (``deepage/assets/default_model.pt``); keyword arguments go to
-        :meth:`from_checkpoint`."""
+        :meth:`from_checkpoint`.
+
+        ``int8``: ``"auto"`` (default): its int8 ONNX graph (:data:`DEFAULT_INT8_MODEL`, ~2.4x faster per face,
+        its test figures in ``docs/MODEL_CARD.md``) where that file is present and was exported from these
+        very weights, ONNX Runtime is installed, the device is the CPU and ``backend`` is not ``"torch"``;
+        else the float model. ``True``: the int8 graph or an error; ``False``: the float model."""
         if not DEFAULT_MODEL.is_file():
             raise FileNotFoundError(f"the bundled model {DEFAULT_MODEL} is missing (this copy of DeepAge "
                                     "ships without one): pass a checkpoint instead, e.g. "
                                     "--model runs/NAME/best.pt")
+        if int8 not in (True, False, AUTO):
+            raise ValueError(f"int8 must be True, False or 'auto', got {int8!r}")
+        backend, device = kw.get("backend", "auto"), str(kw.get("device", "cpu"))
+        have_ort = all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxruntime"))
+        wanted = int8 is True or (int8 == AUTO and backend != "torch" and device == "cpu" and have_ort
+                                  and DEFAULT_INT8_MODEL.is_file())  # a copy without it: the float model, quietly
+        if wanted:
+            problem = _int8_problem()
+            if problem is None:
+                return cls.from_checkpoint(DEFAULT_INT8_MODEL, **{**kw, "backend": "onnx"})
+            if int8 is True:
+                raise ValueError(f"Predictor.default(int8=True): {problem}")
+            log.warning("answering with the float model: %s", problem)
         return cls.from_checkpoint(DEFAULT_MODEL, **kw)
 
     def _choose_gate(self, adult_age: int | str | None) -> AgeGate | None:
@@ -500,6 +521,22 @@ def _importing_main_in_a_worker() -> bool:
     # Not also `sys.modules["__main__"].__name__ == "__mp_main__"`: while multiprocessing re-runs the script
     # (runpy.run_path, run_name "__mp_main__"), sys.modules["__main__"] is still the spawn bootstrap module.
     return bool(getattr(mp.current_process(), "_inheriting", False))
+
+
+def _int8_problem() -> str | None:
+    """Why the bundled int8 graph cannot stand in for the bundled model (``None``: it can)."""
+    if not DEFAULT_INT8_MODEL.is_file():
+        return f"{DEFAULT_INT8_MODEL.name} is missing"
+    import onnx
+
+    from .export import WEIGHTS_KEY
+
+    meta = {p.key: p.value for p in onnx.load(str(DEFAULT_INT8_MODEL), load_external_data=False).metadata_props}
+    digest = weights_digest(load_checkpoint(DEFAULT_MODEL)["state_dict"])
+    if meta.get(WEIGHTS_KEY) != digest:
+        return (f"{DEFAULT_INT8_MODEL.name} was exported from other weights ({meta.get(WEIGHTS_KEY)}) than "
+                f"{DEFAULT_MODEL.name} ({digest}); export it again with `deepage export {DEFAULT_MODEL.name} --int8`")
+    return None
 
 
 def _spec_of_onnx(session, path: Path) -> ModelSpec:

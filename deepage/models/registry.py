@@ -185,7 +185,16 @@ def load_backbone_weights(module: nn.Module, path: str | Path,
 
 
 def build_from_spec(spec: ModelSpec, pretrained: bool = False, weights: str | Path | None = None) -> AgeModel:
-    """Build the model a :class:`ModelSpec` describes (random or pretrained backbone weights)."""
+    """Build the model a :class:`ModelSpec` describes (random or pretrained backbone weights). An
+    ensemble's spec (name ``"ensemble"``, :mod:`deepage.models.ensemble`) builds its members (random
+    weights: its checkpoint holds theirs)."""
+    from .ensemble import ENSEMBLE, EnsembleModel
+
+    if spec.name == ENSEMBLE:
+        if pretrained or weights is not None:
+            raise ValueError("an ensemble is built from its members' checkpoints (deepage ensemble), not from "
+                             "pretrained weights")
+        return EnsembleModel(spec)
     entry = _entry(spec.name)
     size = spec.preprocessing.input_size
     if size < entry.min_input_size:

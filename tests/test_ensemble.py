@@ -1,0 +1,91 @@
+"""An ensemble of DEX models as one checkpoint: averaged distributions, each member on its own input."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from deepage.checkpoint import model_from_checkpoint, save_checkpoint
+from deepage.data.loader import load_split
+from deepage.models import create_model
+from deepage.models.ensemble import ENSEMBLE, build_ensemble_checkpoint
+from deepage.preprocessing import prepare_batch
+
+
+def _member(path, seed: int, fingerprint: str = "f00d", head: str = "dex", **pre) -> tuple:
+    torch.manual_seed(seed)
+    kw = {"num_classes": 14} if head == "classes" else {}
+    model = create_model("cnn", head=head, stored_size=32, **pre, **kw).eval()
+    save_checkpoint(path, {"spec": model.spec.to_dict(), "state_dict": model.state_dict(),
+                           "split_fingerprint": fingerprint, "metrics": {"age": {"mae": 9.0 + seed}}})
+    return path, model
+
+
+@pytest.fixture()
+def members(tmp_path):
+    wide = _member(tmp_path / "wide.pt", 0, input_size=32, crop_pct=1.0, normalization="unit")
+    # a tighter crop (the central 24 px of the first member's 32) in another normalisation: its input is a slice
+    # of the first one's, renormalised, with no resampling, so the ensemble must give exactly its answer
+    tight = _member(tmp_path / "tight.pt", 1, input_size=24, crop_pct=0.75, normalization="imagenet")
+    return wide, tight
+
+
+def test_the_ensemble_averages_each_members_own_distribution(members, tmp_path):
+    (wide_path, wide), (tight_path, tight) = members
+    build_ensemble_checkpoint([wide_path, tight_path], tmp_path / "ens.pt", half=False)
+    ensemble = model_from_checkpoint(tmp_path / "ens.pt")
+    assert ensemble.spec.name == ENSEMBLE and ensemble.spec.preprocessing == wide.spec.preprocessing
+    stored = torch.randint(0, 256, (5, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        p_wide = wide(prepare_batch(stored, wide.spec.preprocessing)).softmax(1)
+        p_tight = tight(prepare_batch(stored, tight.spec.preprocessing)).softmax(1)
+        out = ensemble(prepare_batch(stored, ensemble.spec.preprocessing))
+    torch.testing.assert_close(out.exp(), (p_wide + p_tight) / 2, atol=1e-5, rtol=1e-4)
+    answer = ensemble.predict(out)
+    torch.testing.assert_close(answer.age, ((p_wide + p_tight) / 2) @ torch.arange(101.0), atol=1e-3, rtol=1e-4)
+    assert set(answer.class_probs) == {"utk14", "utk8"}
+
+
+def test_half_storage_scoring_and_onnx(members, tmp_path, tiny_h5):
+    (wide_path, _), (tight_path, _) = members
+    payload = build_ensemble_checkpoint([wide_path, tight_path], tmp_path / "ens16.pt", data=tiny_h5)
+    assert all(v.dtype == torch.float16 for v in payload["state_dict"].values() if v.is_floating_point())
+    assert payload["metrics"]["n"] == len(load_split(tiny_h5, "val")) and payload["metrics_split"] == "val"
+    assert [m["metrics"]["age"]["mae"] for m in payload["members"]] == [9.0, 10.0]
+    model = model_from_checkpoint(tmp_path / "ens16.pt")
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert math.isfinite(payload["metrics"]["age"]["mae"])
+
+    pytest.importorskip("onnxruntime")
+    from deepage.inference.export import check_onnx, model_to_onnx_bytes
+
+    check_onnx(model, model_to_onnx_bytes(model), "ensemble")  # raises if ONNX Runtime answers otherwise
+
+
+def test_members_that_cannot_be_joined_are_refused(members, tmp_path):
+    (wide_path, _), (tight_path, _) = members
+    other = _member(tmp_path / "other.pt", 2, fingerprint="beef", input_size=32, crop_pct=1.0)[0]
+    with pytest.raises(ValueError, match="different splits"):
+        build_ensemble_checkpoint([wide_path, other], tmp_path / "x.pt")
+    with pytest.raises(ValueError, match="widest crop first"):
+        build_ensemble_checkpoint([tight_path, wide_path], tmp_path / "x.pt")
+    classes = _member(tmp_path / "classes.pt", 3, head="classes", input_size=32, crop_pct=1.0)[0]
+    with pytest.raises(ValueError, match="'dex' head"):
+        build_ensemble_checkpoint([wide_path, classes], tmp_path / "x.pt")
+    with pytest.raises(ValueError, match="at least two members"):
+        build_ensemble_checkpoint([wide_path], tmp_path / "x.pt")
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_the_cli_writes_and_scores_an_ensemble(members, tmp_path, tiny_h5, capsys):
+    from deepage.cli import main
+
+    (wide_path, _), (tight_path, _) = members
+    out = tmp_path / "cli.pt"
+    assert main(["ensemble", str(wide_path), str(tight_path), "-o", str(out), "--data", str(tiny_h5)]) == 0
+    text = capsys.readouterr().out
+    assert "an ensemble of 2 models" in text and '"mae"' in text
+    assert np.isfinite(torch.load(out, weights_only=True)["metrics"]["age"]["mae"])
