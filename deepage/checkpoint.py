@@ -118,16 +118,18 @@ def read_age_gates(ckpt: dict, source: str | Path = "checkpoint") -> dict[int, A
         return {}
     if not isinstance(stored, dict):
         raise ValueError(f"{source}: its {AGE_GATES_KEY!r} is not a table of operating points")
-    digest = weights_digest(ckpt["state_dict"])
+    # an exported ONNX file's record (inference.export.onnx_model_and_record) carries the digest of the
+    # weights it came from instead of the weights; None: an older file that did not store it
+    digest = ckpt["weights_digest"] if "weights_digest" in ckpt else weights_digest(ckpt["state_dict"])
     gates = {}
     for age, d in stored.items():
         try:
-            gate = AgeGate.from_dict(d)
-        except (TypeError, AttributeError) as exc:
+            gate, age = AgeGate.from_dict(d), int(age)
+        except (TypeError, AttributeError, ValueError) as exc:
             raise ValueError(f"{source}: its operating point for adult age {age} is malformed ({exc})") from exc
-        if gate.weights and gate.weights != digest:
+        if gate.weights and digest and gate.weights != digest:
             log.warning("%s: the operating point for adult age %s was chosen for other weights (%s, these are "
                         "%s): ignored; calibrate again", source, age, gate.weights, digest)
             continue
-        gates[int(age)] = gate
+        gates[age] = gate
     return gates

@@ -104,7 +104,7 @@ def calibrate_checkpoint(checkpoint: str | Path, data: str | Path, split: str = 
                            max_minors_passed=max_minors_passed, max_adults_held=max_adults_held)
     gate = replace(gate, split=split, data=data.name, data_fingerprint=str(face_data.fingerprint),
                    checkpoint_fingerprint=str(ckpt.get("split_fingerprint", "unknown")),
-                   weights=ckpt.get("weights_digest", "") if onnx_file else weights_digest(ckpt["state_dict"]),
+                   weights=(ckpt["weights_digest"] or "") if onnx_file else weights_digest(ckpt["state_dict"]),
                    tta_flip=bool(tta_flip))
     gates = dict(ckpt.get(AGE_GATES_KEY) or {})
     gates[str(adult_age)] = gate.to_dict()

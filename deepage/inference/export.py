@@ -150,7 +150,6 @@ def quantize_int8(data: bytes, calibration: np.ndarray, name: str | Path = "mode
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from ..models.heads import create_head
     from ..models.registry import ModelSpec
 
     calibration = np.ascontiguousarray(calibration, np.float32)
@@ -175,15 +174,12 @@ def quantize_int8(data: bytes, calibration: np.ndarray, name: str | Path = "mode
     proto.metadata_props.extend(source.metadata_props)
     out = proto.SerializeToString()
 
-    meta = {p.key: p.value for p in source.metadata_props}
-    spec = ModelSpec.from_dict(json.loads(meta[SPEC_KEY]))
-    head = create_head(spec.head, 1, scheme=spec.scheme, **spec.head_kwargs)
+    spec = ModelSpec.from_dict(json.loads({p.key: p.value for p in source.metadata_props}[SPEC_KEY]))
 
     def ages(graph: bytes) -> np.ndarray:
-        session = onnx_session(graph)
-        logits = np.concatenate([session.run([OUTPUT_NAME], {INPUT_NAME: calibration[i:i + 64]})[0]
-                                 for i in range(0, len(calibration), 64)])
-        answer = head.predict(torch.from_numpy(logits))
+        model = OnnxAgeModel(onnx_session(graph), spec)
+        logits = torch.cat([model(torch.from_numpy(calibration[i:i + 64])) for i in range(0, len(calibration), 64)])
+        answer = model.predict(logits)
         return answer.age.numpy() if answer.age is not None else answer.class_probs[spec.scheme].argmax(1)
 
     change = float(np.abs(ages(out) - ages(data)).mean())
@@ -300,9 +296,12 @@ class OnnxAgeModel(torch.nn.Module):
 
 
 def onnx_model_and_record(path: str | Path, threads: int | None = None) -> tuple[OnnxAgeModel, dict]:
-    """An ``.onnx`` file written by ``deepage export`` as an :class:`OnnxAgeModel` and a checkpoint-like
-    record of its metadata (``spec``, ``split_fingerprint``, ``metrics``, ``age_gates``; ``state_dict`` empty:
-    the operating points were tied to the weights when the file was exported)."""
+    """An ``.onnx`` file written by ``deepage export`` as an :class:`OnnxAgeModel` (``threads`` intra-op
+    threads) and a checkpoint-like record of its metadata: ``spec``, ``split_fingerprint``, ``metrics``,
+    ``age_gates`` and ``weights_digest`` (the digest of the weights it was exported from, ``None`` for files
+    written before it was stored), so :func:`~deepage.checkpoint.read_age_gates` checks its operating points
+    as it checks a checkpoint's. A file that is not one, or whose metadata is malformed, raises ``ValueError``
+    naming it; its input and output shapes are checked against its spec before any prediction."""
     from ..models.registry import ModelSpec
 
     path = Path(path)
@@ -313,14 +312,26 @@ def onnx_model_and_record(path: str | Path, threads: int | None = None) -> tuple
     meta = session.get_modelmeta().custom_metadata_map
     if SPEC_KEY not in meta:
         raise ValueError(f"{path} has no {SPEC_KEY!r} metadata: export it with `deepage export`")
-    spec = ModelSpec.from_dict(json.loads(meta[SPEC_KEY]))
-    model = OnnxAgeModel(session, spec)
+    try:
+        spec = ModelSpec.from_dict(json.loads(meta[SPEC_KEY]))
+        model = OnnxAgeModel(session, spec)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: its {SPEC_KEY!r} metadata is not a valid model spec "
+                         f"({type(exc).__name__}: {exc})") from exc
     check_onnx_io(session, spec.preprocessing.input_size, model.head.out_features, path)
-    gates = json.loads(meta.get(AGE_GATES_KEY) or "{}")
+    try:
+        gates = json.loads(meta.get(AGE_GATES_KEY) or "{}")
+        if not isinstance(gates, dict):
+            raise TypeError(f"a {type(gates).__name__}, not a table")
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{path}: its {AGE_GATES_KEY!r} metadata is not a set of operating points "
+                         f"({type(exc).__name__}: {exc})") from exc
+    try:
+        metrics = json.loads(meta.get("deepage_metrics") or "{}")
+    except ValueError:
+        metrics = {}  # informative only: a file whose metrics do not parse still answers
     record = {"spec": spec.to_dict(), "split_fingerprint": meta.get(FINGERPRINT_KEY, "unknown"),
-              "metrics": json.loads(meta.get("deepage_metrics") or "{}"), "state_dict": {},
-              "age_gates": {age: {**g, "weights": ""} for age, g in gates.items()},
-              "weights_digest": meta.get(WEIGHTS_KEY, "")}
+              "metrics": metrics, "age_gates": gates, "weights_digest": meta.get(WEIGHTS_KEY)}
     return model, record
 
 

@@ -15,7 +15,6 @@ ONNX Runtime) and :func:`deepage.answers.answer_batch`, the answer path evaluati
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
 import multiprocessing as mp
 import threading
@@ -48,10 +47,10 @@ __all__ = ["Predictor", "ImagePrediction", "FacePrediction", "GroupPrediction", 
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "assets" / "default_model.pt"
+"""The bundled model that :meth:`Predictor.default` loads."""
 DEFAULT_INT8_MODEL = DEFAULT_MODEL.with_name("default_model.int8.onnx")
 """The bundled model's int8 ONNX graph (``deepage export default_model.pt --int8 DATA``), which
 :meth:`Predictor.default` answers with on the CPU when ONNX Runtime is installed."""
-"""The bundled model that :meth:`Predictor.default` loads."""
 
 BACKENDS = ("auto", "torch", "onnx")
 BATCH_SIZE = 32
@@ -264,9 +263,10 @@ class Predictor:
             if backend != "onnx":
                 raise ValueError(f"{path} is an ONNX file: use backend='onnx' or 'auto' (--backend onnx), or "
                                  "give the .pt checkpoint for the torch backend")
-            session = _onnx_file_session(path, model_threads(n_workers))
-            spec = _spec_of_onnx(session, path)
-            return cls(spec, path, "onnx", session=session, age_gates=_age_gates_of_onnx(session, path), **kw)
+            from .export import onnx_model_and_record
+
+            graph, record = onnx_model_and_record(path, model_threads(n_workers))
+            return cls(graph.spec, path, "onnx", session=graph.session, age_gates=read_age_gates(record, path), **kw)
         ckpt = load_checkpoint(path)
         model = model_from_checkpoint(ckpt, name=path).to(device)
         kw["age_gates"] = read_age_gates(ckpt, path)
@@ -537,44 +537,3 @@ def _int8_problem() -> str | None:
         return (f"{DEFAULT_INT8_MODEL.name} was exported from other weights ({meta.get(WEIGHTS_KEY)}) than "
                 f"{DEFAULT_MODEL.name} ({digest}); export it again with `deepage export {DEFAULT_MODEL.name} --int8`")
     return None
-
-
-def _spec_of_onnx(session, path: Path) -> ModelSpec:
-    from .export import SPEC_KEY
-
-    meta = session.get_modelmeta().custom_metadata_map
-    if SPEC_KEY not in meta:
-        raise ValueError(f"{path} has no {SPEC_KEY!r} metadata: export it with `deepage export`")
-    from .export import check_onnx_io
-
-    try:
-        spec = ModelSpec.from_dict(json.loads(meta[SPEC_KEY]))
-        head = create_head(spec.head, 1, scheme=spec.scheme, **spec.head_kwargs)
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"{path}: its {SPEC_KEY!r} metadata is not a valid model spec "
-                         f"({type(exc).__name__}: {exc})") from exc
-    check_onnx_io(session, spec.preprocessing.input_size, head.out_features, path)  # before any prediction
-    return spec
-
-
-def _age_gates_of_onnx(session, path: Path) -> dict[int, AgeGate]:
-    """The minor/adult operating points ``deepage export`` copied into the file's metadata (none: ``{}``)."""
-    from .export import AGE_GATES_KEY
-
-    text = session.get_modelmeta().custom_metadata_map.get(AGE_GATES_KEY)
-    if not text:
-        return {}
-    try:
-        return {check_adult_age(int(age)): AgeGate.from_dict(d) for age, d in json.loads(text).items()}
-    except (ValueError, TypeError, AttributeError) as exc:
-        raise ValueError(f"{path}: its {AGE_GATES_KEY!r} metadata is not a set of operating points "
-                         f"({type(exc).__name__}: {exc})") from exc
-
-
-def _onnx_file_session(path: Path, threads: int | None = None):
-    from .export import onnx_session
-
-    try:
-        return onnx_session(path, threads)
-    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
-        raise ValueError(f"{path} is not a readable ONNX model ({exc})") from exc
