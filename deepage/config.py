@@ -66,6 +66,9 @@ class TrainConfig:
     # the soft label with teacher_weight (an ensemble shipped as one model)
     teachers: list = field(default_factory=list)  # deepage checkpoints (.pt) with an age distribution
     teacher_weight: float = 0.5
+    # multi-task: gender and race heads on the trunk's features during training only (UTKFace labels them;
+    # the saved model has no such heads); their cross-entropies, weighted by aux_weight, join the age loss
+    aux_weight: float = 0.0
     # budgets and stopping
     max_minutes: float | None = None
     max_steps: int | None = None
@@ -120,6 +123,8 @@ class TrainConfig:
             raise ValueError(f"config field 'teachers': distillation needs head 'dex', not {self.head!r}")
         if not 0 <= self.teacher_weight <= 1:
             raise ValueError(f"config field 'teacher_weight': a share in [0, 1], got {self.teacher_weight}")
+        if self.aux_weight < 0:
+            raise ValueError(f"config field 'aux_weight': must be >= 0, got {self.aux_weight}")
         if self.backbone_lr_mult < 0 or self.linear_probe_epochs < 0:
             raise ValueError("config: backbone_lr_mult and linear_probe_epochs must be >= 0")
         if self.batch_size < 1 or self.epochs < 1:

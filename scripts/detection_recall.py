@@ -9,6 +9,7 @@ chance.
     python scripts/detection_recall.py --data work/utk128.h5 --split test
     python scripts/detection_recall.py --data work/utk128.h5 --split val --list-missed
     python scripts/detection_recall.py --data work/utk128.h5 --split test --ages   # + the bundled model's MAE
+    python scripts/detection_recall.py --data work/utk128.h5 --split test --detector dlib   # HOG looks alone
 
 ``--ages`` also runs the bundled model through ``Predictor`` (faces found and aligned as above, 2 worker
 processes) on the same chips and prints its MAE against the age in each file name, over the chips with a
@@ -39,12 +40,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", default="test", choices=list(SPLIT_NAMES), help="default: test")
     parser.add_argument("--list-missed", action="store_true", help="print the names of the chips with no face")
     parser.add_argument("--ages", action="store_true", help="also the bundled model's MAE on these chips")
+    parser.add_argument("--detector", default="auto", choices=["auto", "dlib"],
+                        help="FaceAligner's detector: auto (BlazeFace, then the HOG looks; default) or dlib "
+                        "(the HOG looks alone)")
     args = parser.parse_args(argv)
 
     with h5py.File(args.data, "r") as f:
         names = f["filename"].asstr()[:]
         wanted = {Path(x).name for x in names[f["split"][:] == SPLIT_NAMES.index(args.split)]}
-    aligner = FaceAligner()
+    aligner = FaceAligner(detector=args.detector)
     second: list[bool] = []
     first_chance = aligner._second_chance
 
@@ -79,10 +83,11 @@ def main(argv: list[str] | None = None) -> int:
                          float(np.hypot(*shift))))
     n = len(rows) + len(missed)
     by_second = sum(r[0] for r in rows)
-    print(f"{args.split}: {n} chips, face found in {len(rows)} ({100 * len(rows) / n:.2f} %), missed "
+    print(f"{args.split}, detector {aligner.method}: {n} chips, face found in {len(rows)} "
+          f"({100 * len(rows) / n:.2f} %), missed "
           f"{len(missed)}; {by_second} found by the Haar second chance; {1000 * seconds / n:.1f} ms of CPU per chip")
     table = np.array(rows, float)
-    for flag, label in ((0, "HOG"), (1, "second chance")):
+    for flag, label in ((0, "first looks"), (1, "second chance")):
         part = table[table[:, 0] == flag] if len(table) else table
         if len(part):
             print(f"  {label:<14} n={len(part):<5} |log scale| median {np.median(part[:, 1]):.3f} (90 %: "
@@ -91,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.ages:
         from deepage.inference.predictor import Predictor
 
-        with Predictor.default(workers=2) as predictor:
+        with Predictor.default(workers=2, aligner=FaceAligner(output_size=200, detector=args.detector)) as predictor:
             results = predictor.predict([data for _, data in chips])
         errors = [abs(r.faces[0].age - int(name.split("_")[0])) for (name, _), r in zip(chips, results, strict=True)
                   if r.faces]

@@ -39,7 +39,7 @@ def real_set(n: int, seed: int) -> list[tuple[np.ndarray, tuple[float, float] | 
     """``n`` (photo, true face centre, true 5 landmarks ``(5, 2)``) triples, made as ``bench/predict_batch.py``
     makes its real photos (the landmarks: dlib's on the source photo, carried by the known transform)."""
     sources = real_sources()
-    aligner = FaceAligner()
+    aligner = FaceAligner(detector="dlib")
     # camera()'s cameraman, turned to his viewfinder, is found by no look at the source's own size: for his
     # photos any face counts as found (as the bench counts them) and there are no landmarks to compare
     marks = [faces[0].landmarks if (faces := aligner.detect(rgb)) else None for rgb in sources]
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="the bench's seed (default 0: its photos)")
     args = parser.parse_args(argv)
 
-    aligner = FaceAligner()
+    aligner = FaceAligner(detector="dlib")  # the HOG looks are what this studies
     sets = {"real": real_set(args.n, args.seed)}
     sets.update(chip_sets(Path(args.archive), Path(args.data) if args.data else None, args.n, args.seed))
     print(f"command: python scripts/look_study.py {' '.join(argv or sys.argv[1:])}")

@@ -42,6 +42,7 @@ from ..evaluation.metrics import core_metrics
 from ..evaluation.predictions import Predictions, collect_predictions
 from ..models.registry import AgeModel, create_model
 from ..preprocessing import TRAIN_AUGMENTATION
+from .multitask import AuxHeads, MultiTaskModel, aux_labels, aux_loss
 
 __all__ = ["train", "train_one_epoch", "validate", "TrainState", "TrainContext", "TrainResult", "CHECKPOINT_MINUTES",
            "build_model", "head_kwargs_for", "make_optimizer", "lr_at"]
@@ -278,6 +279,8 @@ class TrainContext:
     world: int = 1
     last_save: float = field(default_factory=time.perf_counter)  # when last.pt was last written
     teacher_probs: torch.Tensor | None = None  # (N_train, 101): the teachers' mean age distributions
+    aux: AuxHeads | None = None  # gender and race heads (aux_weight > 0), trained with the model, not saved in best.pt
+    aux_targets: torch.Tensor | None = None  # (N_train, 2): gender and race of the training images
 
     @property
     def eval_model(self) -> torch.nn.Module:
@@ -300,6 +303,8 @@ class TrainContext:
             out.update({"optimizer": self.optimizer.state_dict(),
                         "ema_state": self.ema.state_dict() if self.ema is not None else None,
                         "rng": torch.get_rng_state(), "train_state": state.to_dict()})
+            if self.aux is not None:  # only then: a run without the heads keeps the layout older runs resume from
+                out["aux_state"] = self.aux.state_dict()
         return out
 
     def save_last(self, state: TrainState) -> None:
@@ -314,6 +319,10 @@ class TrainContext:
     def restore(self, ckpt: dict) -> TrainState:
         """Load a ``last.pt`` into the model, optimizer, EMA and RNG; return its state."""
         self.model.load_state_dict(ckpt["state_dict"])
+        if self.aux is not None:
+            if ckpt.get("aux_state") is None:
+                raise ValueError("last.pt was written without the gender/race heads that aux_weight asks for")
+            self.aux.load_state_dict(ckpt["aux_state"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         if self.ema is not None and ckpt.get("ema_state") is not None:
             self.ema.load_state_dict(ckpt["ema_state"])
@@ -370,11 +379,15 @@ def _train_step(ctx: TrainContext, batch: Batch, lr: float) -> float:
         group["lr"] = lr * group.get("lr_mult", 1.0)
     with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=ctx.use_amp):
         outputs = ctx.train_model(x)
+    if ctx.aux is not None:  # MultiTaskModel: (age head outputs, gender/race logits)
+        outputs, aux_logits = outputs
     targets = {}
     if ctx.teacher_probs is not None:  # distillation: the ensemble's distributions of these training images
         targets = {"teacher_probs": ctx.teacher_probs[batch.index].to(ctx.device),
                    "teacher_weight": config.teacher_weight}
     loss = model.loss(outputs, ages, **targets)
+    if ctx.aux is not None:
+        loss = loss + config.aux_weight * aux_loss(aux_logits, ctx.aux_targets[batch.index].to(ctx.device))
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if config.grad_clip > 0:
@@ -509,18 +522,27 @@ def _load_data(config: TrainConfig, device: torch.device) -> tuple[FaceData, Fac
     return train_data, val_data
 
 
-def _context(config: TrainConfig, model: AgeModel, device: torch.device, run_dir: Path, fingerprint: str,
+def _context(config: TrainConfig, model: AgeModel, device: torch.device, run_dir: Path, train_data: FaceData,
              rank: int, world: int, local_rank: int) -> TrainContext:
-    """EMA, optimizer and (under torchrun) the DDP wrapper around a built model."""
+    """EMA, optimizer, the gender/race heads (``aux_weight``) and (under torchrun) the DDP wrapper around a
+    built model."""
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True) \
         if config.ema_decay > 0 else None
     optimizer = make_optimizer(config, model)
     train_model: torch.nn.Module = model
+    aux = None
+    if config.aux_weight > 0:
+        aux = AuxHeads(model.num_features).to(device)
+        # The new heads learn at the age head's rate (lr_mult 1), with weight decay on their matrix only.
+        optimizer.add_param_group({"params": [aux.fc.weight], "weight_decay": config.weight_decay, "lr_mult": 1.0})
+        optimizer.add_param_group({"params": [aux.fc.bias], "weight_decay": 0.0, "lr_mult": 1.0})
+        train_model = MultiTaskModel(model, aux)
     if world > 1:
         train_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[local_rank] if device.type == "cuda" else None)
+            train_model, device_ids=[local_rank] if device.type == "cuda" else None)
     return TrainContext(config=config, model=model, train_model=train_model, optimizer=optimizer, ema=ema,
-                        device=device, run_dir=run_dir, split_fingerprint=fingerprint, rank=rank, world=world)
+                        device=device, run_dir=run_dir, split_fingerprint=train_data.fingerprint, rank=rank,
+                        world=world, aux=aux, aux_targets=aux_labels(train_data) if aux is not None else None)
 
 
 def _finish(ctx: TrainContext, state: TrainState, stopped_by: str) -> TrainResult:
@@ -568,7 +590,7 @@ def train(config: TrainConfig | None = None, resume: str | Path | None = None,
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, run_dir / "config.yaml")  # on resume: with the overrides it was given
-    ctx = _context(config, model, device, run_dir, train_data.fingerprint, rank, world, local_rank)
+    ctx = _context(config, model, device, run_dir, train_data, rank, world, local_rank)
     ctx.teacher_probs = teacher_distributions(config, train_data, run_dir, device)
     batches = FaceBatches(train_data, model.spec.preprocessing, config.batch_size, shuffle=True,
                           augment=TRAIN_AUGMENTATION if config.augment else None, drop_last=True,
