@@ -465,6 +465,8 @@ class FaceAligner:
         h, w = rgb.shape[:2]
         cx0, cy0 = max(0, int(x0 - side / 2)), max(0, int(y0 - side / 2))
         cx1, cy1 = min(w, int(np.ceil(x1 + side / 2))), min(h, int(np.ceil(y1 + side / 2)))
+        if min(cx1 - cx0, cy1 - cy0) < 16:  # a box (nearly) outside the photo: nothing for HOG to read
+            return box
         crop = cv2.cvtColor(rgb[cy0:cy1, cx0:cx1], cv2.COLOR_RGB2GRAY)
         crop = cv2.resize(crop, (max(1, round((cx1 - cx0) * scale)), max(1, round((cy1 - cy0) * scale))),
                           interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
@@ -473,8 +475,9 @@ class FaceAligner:
         for r in rects:
             found = (r.left() / scale + cx0, r.top() / scale + cy0, (r.right() + 1) / scale + cx0,
                      (r.bottom() + 1) / scale + cy0)
-            if _iou(found, box) > best_iou:
-                best, best_iou = found, _iou(found, box)
+            overlap = _iou(found, box)
+            if overlap > best_iou:
+                best, best_iou = found, overlap
         return best
 
     def _second_chance(self, rgb: np.ndarray) -> list[tuple[tuple[float, float, float, float], float]]:

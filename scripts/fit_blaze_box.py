@@ -23,13 +23,14 @@ from predict_batch import ARCHIVE, read_chips  # noqa: E402
 
 from deepage.blazeface import BlazeFace  # noqa: E402
 from deepage.faces import BLAZE_TO_HOG, FaceAligner, Look, _iou, _reframe  # noqa: E402
+from deepage.imageio import decode_image  # noqa: E402
 
 
 def pairs(chips: list[tuple[str, bytes]]) -> list[tuple[np.ndarray, tuple, tuple]]:
     """(RGB chip, HOG box, BlazeFace box) wherever both found one face box that overlaps (IoU > 0.3)."""
     hog, blaze, out = FaceAligner(detector="dlib"), BlazeFace(), []
     for _, data in chips:
-        rgb = cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        rgb = decode_image(data)
         strong = [b for b, s in hog._raw_boxes(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), Look()) if s >= 0.5]
         found = [b for b, _ in blaze.detect(rgb)]
         if len(strong) == 1 and found and _iou(strong[0], found[0]) > 0.3:

@@ -171,7 +171,7 @@ def torch_threads(n: int | None) -> Iterator[None]:
 
     While worker processes keep every core busy, the batch work of this process (preprocessing, the heads,
     a torch model) runs on the cores they leave (:func:`model_threads`): with its default threads it spent
-    6.7 ms of CPU per UTKFace chip instead of 3.1 (2 workers on 2 cores, the bundled int8 graph), its idle
+    6.7 ms of CPU per UTKFace chip instead of 2.9 (2 workers on 2 cores, the bundled int8 graph), its idle
     threads spinning for work. The setting is per process: other PyTorch work running in other threads of
     the caller's process during the block gets it too."""
     before = torch.get_num_threads()

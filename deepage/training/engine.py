@@ -147,9 +147,15 @@ def _is_trunk(name: str) -> bool:
     return name.startswith("backbone.") and not name.startswith("backbone.neck.")
 
 
-def make_optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+def make_optimizer(config: TrainConfig, model: torch.nn.Module,
+                   extra: torch.nn.Module | None = None) -> torch.optim.Optimizer:
     """AdamW/Adam/SGD; no weight decay on biases and norm layers (1-d parameters); the trunk's groups carry
-    ``lr_mult`` = ``backbone_lr_mult`` (the rate each step sets is ``lr * lr_mult``)."""
+    ``lr_mult`` = ``backbone_lr_mult`` (the rate each step sets is ``lr * lr_mult``). ``extra``: modules
+    trained beside the model (the gender/race heads), in two more groups at the head's rate."""
+    def split(named: list, mult: float) -> list[dict]:
+        return [{"params": [p for _, p in named if p.ndim > 1], "weight_decay": config.weight_decay, "lr_mult": mult},
+                {"params": [p for _, p in named if p.ndim <= 1], "weight_decay": 0.0, "lr_mult": mult}]
+
     groups = []
     # One pass over all parameters when the trunk has the head's rate: the groups of runs before
     # backbone_lr_mult existed, so their last.pt still resumes.
@@ -157,10 +163,9 @@ def make_optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.O
     for trunk in splits:
         named = [(n, p) for n, p in model.named_parameters()
                  if p.requires_grad and (trunk is None or _is_trunk(n) == trunk)]
-        mult = config.backbone_lr_mult if trunk else 1.0
-        groups += [{"params": [p for _, p in named if p.ndim > 1], "weight_decay": config.weight_decay,
-                    "lr_mult": mult},
-                   {"params": [p for _, p in named if p.ndim <= 1], "weight_decay": 0.0, "lr_mult": mult}]
+        groups += split(named, config.backbone_lr_mult if trunk else 1.0)
+    if extra is not None:
+        groups += split(list(extra.named_parameters()), 1.0)
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=True)
     if config.optimizer == "adam":
@@ -528,15 +533,9 @@ def _context(config: TrainConfig, model: AgeModel, device: torch.device, run_dir
     built model."""
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True) \
         if config.ema_decay > 0 else None
-    optimizer = make_optimizer(config, model)
-    train_model: torch.nn.Module = model
-    aux = None
-    if config.aux_weight > 0:
-        aux = AuxHeads(model.num_features).to(device)
-        # The new heads learn at the age head's rate (lr_mult 1), with weight decay on their matrix only.
-        optimizer.add_param_group({"params": [aux.fc.weight], "weight_decay": config.weight_decay, "lr_mult": 1.0})
-        optimizer.add_param_group({"params": [aux.fc.bias], "weight_decay": 0.0, "lr_mult": 1.0})
-        train_model = MultiTaskModel(model, aux)
+    aux = AuxHeads(model.num_features).to(device) if config.aux_weight > 0 else None
+    optimizer = make_optimizer(config, model, extra=aux)
+    train_model: torch.nn.Module = model if aux is None else MultiTaskModel(model, aux)
     if world > 1:
         train_model = torch.nn.parallel.DistributedDataParallel(
             train_model, device_ids=[local_rank] if device.type == "cuda" else None)
