@@ -66,6 +66,9 @@ class TrainConfig:
     # the soft label with teacher_weight (an ensemble shipped as one model)
     teachers: list = field(default_factory=list)  # deepage checkpoints (.pt) with an age distribution
     teacher_weight: float = 0.5
+    # online ("consistent") distillation: the teachers see each augmented training batch, the same view the
+    # student sees, instead of the un-augmented image once; every teacher must take the student's preprocessing
+    teacher_online: bool = False
     # multi-task: gender and race heads on the trunk's features during training only (UTKFace labels them;
     # the saved model has no such heads); their cross-entropies, weighted by aux_weight, join the age loss
     aux_weight: float = 0.0
@@ -121,6 +124,8 @@ class TrainConfig:
             raise ValueError(f"config field 'teachers': a list of checkpoint paths, got {self.teachers!r}")
         if self.teachers and self.head != "dex":
             raise ValueError(f"config field 'teachers': distillation needs head 'dex', not {self.head!r}")
+        if self.teacher_online and not self.teachers:
+            raise ValueError("config field 'teacher_online': needs teachers (checkpoints to run on each batch)")
         if not 0 <= self.teacher_weight <= 1:
             raise ValueError(f"config field 'teacher_weight': a share in [0, 1], got {self.teacher_weight}")
         if self.aux_weight < 0:

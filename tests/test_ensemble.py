@@ -11,7 +11,8 @@ import torch
 from deepage.checkpoint import model_from_checkpoint, save_checkpoint
 from deepage.data.loader import load_split
 from deepage.models import create_model
-from deepage.models.ensemble import ENSEMBLE, build_ensemble_checkpoint
+from deepage.models.ensemble import ENSEMBLE, build_ensemble_checkpoint, unpack_ensemble_checkpoint
+from deepage.models.heads import point_age
 from deepage.preprocessing import prepare_batch
 
 
@@ -45,7 +46,7 @@ def test_the_ensemble_averages_each_members_own_distribution(members, tmp_path):
         out = ensemble(prepare_batch(stored, ensemble.spec.preprocessing))
     torch.testing.assert_close(out.exp(), (p_wide + p_tight) / 2, atol=1e-5, rtol=1e-4)
     answer = ensemble.predict(out)
-    torch.testing.assert_close(answer.age, ((p_wide + p_tight) / 2) @ torch.arange(101.0), atol=1e-3, rtol=1e-4)
+    torch.testing.assert_close(answer.age, point_age((p_wide + p_tight) / 2), atol=1e-3, rtol=1e-4)
     assert set(answer.class_probs) == {"utk14", "utk8"}
 
 
@@ -89,3 +90,36 @@ def test_the_cli_writes_and_scores_an_ensemble(members, tmp_path, tiny_h5, capsy
     text = capsys.readouterr().out
     assert "an ensemble of 2 models" in text and '"mae"' in text
     assert np.isfinite(torch.load(out, weights_only=True)["metrics"]["age"]["mae"])
+
+
+def test_unpacked_members_answer_as_they_did(members, tmp_path):
+    (wide_path, wide), (tight_path, tight) = members
+    build_ensemble_checkpoint([wide_path, tight_path], tmp_path / "ens.pt")  # float16 storage
+    paths = unpack_ensemble_checkpoint(tmp_path / "ens.pt", tmp_path / "out")
+    assert [p.name for p in paths] == ["member0.pt", "member1.pt"]
+    stored = torch.randint(0, 256, (4, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+    for path, original, seed in zip(paths, (wide, tight), (0, 1), strict=True):
+        member = model_from_checkpoint(path)
+        assert member.spec == original.spec
+        assert all(p.dtype == torch.float32 for p in member.parameters())
+        with torch.no_grad():
+            x = prepare_batch(stored, original.spec.preprocessing)
+            torch.testing.assert_close(member(x).softmax(1), original(x).softmax(1), atol=2e-3, rtol=0)
+        ckpt = torch.load(path, weights_only=True)
+        assert ckpt["split_fingerprint"] == "f00d" and ckpt["metrics"]["age"]["mae"] == 9.0 + seed
+    with pytest.raises(ValueError, match="not an ensemble"):
+        unpack_ensemble_checkpoint(wide_path, tmp_path / "again")
+
+
+def test_the_ensemble_answers_by_its_estimate(members, tmp_path):
+    (wide_path, _), (tight_path, _) = members
+    build_ensemble_checkpoint([wide_path, tight_path], tmp_path / "ens.pt", half=False)
+    ensemble = model_from_checkpoint(tmp_path / "ens.pt")
+    assert ensemble.head.estimate == "median"
+    ckpt = torch.load(tmp_path / "ens.pt", weights_only=True)
+    ckpt["spec"]["head_kwargs"] = {"estimate": "mean"}
+    by_mean = model_from_checkpoint(ckpt)
+    logits = torch.randn(3, 101, generator=torch.Generator().manual_seed(4))
+    probs = logits.softmax(1)
+    torch.testing.assert_close(by_mean.predict(logits).age, probs @ torch.arange(101.0))
+    torch.testing.assert_close(ensemble.predict(logits).age, point_age(probs, "median"))

@@ -175,7 +175,7 @@ def test_unknown_model_lists_the_choices():
 
 def test_misspelt_head_option_is_an_error_naming_the_valid_ones():
     with pytest.raises(ValueError, match=r"head 'dex': unknown option\(s\) \['sigmaa'\]; valid: "
-                                         r"\['dropout', 'l1_weight', 'sigma'\]"):
+                                         r"\['dropout', 'estimate', 'l1_weight', 'sigma', 'temperature'\]"):
         create_model("cnn", input_size=64, head_kwargs={"sigmaa": 9})
     with pytest.raises(ValueError, match=r"head 'classes': unknown option\(s\) \['smoothing'\]"):
         create_model("cnn", head="classes", num_classes=8, input_size=64, head_kwargs={"smoothing": 0.1})

@@ -55,7 +55,8 @@ def test_config_names_come_from_the_registries():
         TrainConfig(model="nope")
     with pytest.raises(ValueError, match=r"config field 'head': 'dexx' is not one of \('classes', 'dex', 'coral'\)"):
         TrainConfig(head="dexx")
-    with pytest.raises(ValueError, match=r"no option\(s\) \['sigmaa'\]; valid: \['dropout', 'l1_weight', 'sigma'\]"):
+    with pytest.raises(ValueError, match=r"no option\(s\) \['sigmaa'\]; valid: "
+                                         r"\['dropout', 'estimate', 'l1_weight', 'sigma', 'temperature'\]"):
         TrainConfig(head_kwargs={"sigmaa": 9})
     with pytest.raises(ValueError, match="'scheme' applies to head 'classes' only"):
         TrainConfig(head="dex", scheme="utk14")

@@ -165,8 +165,12 @@ def quantize_int8(data: bytes, calibration: np.ndarray, name: str | Path = "mode
         fp32, prepared, int8 = (Path(tmp) / f for f in ("fp32.onnx", "prepared.onnx", "int8.onnx"))
         fp32.write_bytes(data)
         quant_pre_process(str(fp32), str(prepared))  # shape inference and graph clean-up, as ORT advises
+        # reduce_range: 7-bit weights. On x86 CPUs without VNNI (AVX2 only, e.g. AMD EPYC before Zen 4) ONNX
+        # Runtime multiplies uint8 by int8 in pairs summed into int16, which saturates with full-range
+        # weights: the bundled ensemble's test MAE was 4.62 there against 4.52 in float (4.56 against
+        # 4.58 on a VNNI Xeon, where 8 bits were fine).
         quantize_static(str(prepared), str(int8), Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+                        reduce_range=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
         proto = onnx.load(str(int8))
     # quant_pre_process keeps the metadata on some versions and not on others: set it from the source
     source = onnx.load_from_string(data)

@@ -266,6 +266,12 @@ class Predictor:
         self._pool_lock = threading.Lock()
         self._pool: ProcessPoolExecutor | None = None
 
+    @property
+    def age_estimate(self) -> str:
+        """How the head turns an age distribution into one age (``"median"`` or ``"mean"``; ``"mean"`` for
+        heads without the choice): video tracks fuse distributions and answer the same way."""
+        return getattr(self._head, "estimate", "mean")
+
     # ---- construction --------------------------------------------------------------------------------
     @classmethod
     def from_checkpoint(cls, path: str | Path, backend: str = "auto", detect: bool = True,

@@ -45,9 +45,10 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 
 from ..answers import AgeGate, p_at_least
-from ..models.heads import INTERVAL_QUANTILES, age_quantiles
+from ..models.heads import AGE_ESTIMATES, INTERVAL_QUANTILES, age_quantiles, point_age
 from .predictor import FacePrediction, Predictor
 
 __all__ = ["VIDEO_SUFFIXES", "is_video", "AgeFusion", "Track", "FaceTracker", "VideoReader", "VideoReadError",
@@ -67,7 +68,6 @@ DEFAULT_MAX_MISSED = 10
 MIN_IOU = 0.3
 """Least IoU between a face's box and a track's predicted box for the face to continue the track."""
 
-AGES = np.arange(101, dtype=np.float64)
 _FLOOR = 1e-12  # log(0) guard: a frame that rules an age out entirely cannot veto it for ever
 
 
@@ -83,7 +83,8 @@ class AgeFusion:
     ``S_n = forget * S_(n-1) + log p_n`` and ``W_n = forget * W_(n-1) + 1`` (the frames' weight); the fused
     distribution is ``∝ exp(S_n / W_n * (1 + (W_n - 1) / temperature))``: the geometric mean of the frames,
     sharpened as if there were ``1 + (W_n - 1) / temperature`` independent photos. One frame gives back its
-    own distribution; ``temperature=1, forget=1`` is the plain product.
+    own distribution; ``temperature=1, forget=1`` is the plain product. ``estimate``: how the fused
+    distribution becomes one age, as the model's head does it (:data:`~deepage.models.heads.AGE_ESTIMATES`).
 
     >>> fusion = AgeFusion()
     >>> fusion.add(p)                  # p: (101,) one frame's age distribution    # doctest: +SKIP
@@ -91,7 +92,11 @@ class AgeFusion:
     (31.2, (27.0, 35.1))
     """
 
-    def __init__(self, temperature: float = DEFAULT_TEMPERATURE, forget: float = DEFAULT_FORGET) -> None:
+    def __init__(self, temperature: float = DEFAULT_TEMPERATURE, forget: float = DEFAULT_FORGET,
+                 estimate: str = "median") -> None:
+        if estimate not in AGE_ESTIMATES:
+            raise ValueError(f"estimate must be one of {AGE_ESTIMATES}, got {estimate!r}")
+        self.estimate = estimate
         if temperature < 1:
             raise ValueError(f"temperature must be at least 1 (1: the plain product), got {temperature}")
         if not 0 < forget <= 1:
@@ -121,8 +126,8 @@ class AgeFusion:
 
     @property
     def age(self) -> float:
-        """The expected age of :attr:`probs`, in years."""
-        return float(self.probs @ AGES)
+        """The :attr:`estimate` (median or mean) of :attr:`probs`, in years."""
+        return float(point_age(torch.from_numpy(self.probs)[None], self.estimate)[0])
 
     @property
     def interval(self) -> tuple[float, float]:
@@ -188,18 +193,19 @@ class FaceTracker:
     """Boxes of each processed frame → track ids (see the module's notes).
 
     ``max_missed``: processed frames a track may go unseen before it ends; ``min_iou``: the least IoU for a
-    box to continue a track; ``temperature``, ``forget``: each track's :class:`AgeFusion`. :attr:`tracks`
+    box to continue a track; ``temperature``, ``forget``, ``estimate``: each track's :class:`AgeFusion`. :attr:`tracks`
     lists every track, ended or not, by id.
     """
 
     def __init__(self, max_missed: int = DEFAULT_MAX_MISSED, min_iou: float = MIN_IOU,
-                 temperature: float = DEFAULT_TEMPERATURE, forget: float = DEFAULT_FORGET) -> None:
+                 temperature: float = DEFAULT_TEMPERATURE, forget: float = DEFAULT_FORGET,
+                 estimate: str = "median") -> None:
         if max_missed < 0:
             raise ValueError(f"max_missed must be at least 0, got {max_missed}")
-        AgeFusion(temperature, forget)  # checks the two
+        AgeFusion(temperature, forget, estimate)  # checks the three
         self.max_missed = int(max_missed)
         self.min_iou = float(min_iou)
-        self.temperature, self.forget = float(temperature), float(forget)
+        self.temperature, self.forget, self.estimate = float(temperature), float(forget), estimate
         self.live: list[Track] = []
         self.ended: list[Track] = []
         self.frames = 0  # processed frames
@@ -236,7 +242,7 @@ class FaceTracker:
             else:
                 self._next_id += 1
                 track = Track(self._next_id, box, frame, frame, time_s, time_s,
-                              fusion=AgeFusion(self.temperature, self.forget))
+                              fusion=AgeFusion(self.temperature, self.forget, self.estimate))
             out.append(track)
         seen = {id(t) for t in out}
         for track in self.live:
@@ -488,7 +494,7 @@ def run_video(sources: list[str | Path | int], predictor: Predictor, fmt: str = 
     track_rows, failed = [], 0
     for source in sources:
         name = f"camera:{source}" if isinstance(source, int) else str(source)
-        tracker = FaceTracker(max_missed, temperature=temperature, forget=forget)
+        tracker = FaceTracker(max_missed, temperature=temperature, forget=forget, estimate=predictor.age_estimate)
         target = None if annotate is None else Path(annotate)
         if target is not None and len(sources) > 1:
             target = target / f"{Path(name.replace(':', '')).stem}.annotated.mp4"

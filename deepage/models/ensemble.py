@@ -9,7 +9,7 @@ part of the face through a slightly different resampling chain; ``deepage ensemb
 validation, so what ships is what was measured.
 
 The output is ``log`` of the averaged distribution over ages 0-100 ``(B, 101)``: a DEX head's ``predict``
-(softmax, then the expected age and the class masses) turns it into exactly that distribution, so the
+(softmax, then the age estimate and the class masses) turns it into exactly that distribution, so the
 ensemble answers, exports to ONNX and calibrates like any DEX model.
 
 An ensemble is a combination of registered models, not a backbone to train, so it is built from its spec
@@ -27,10 +27,11 @@ import torch.nn.functional as F
 
 from ..labels import AGE_BINS
 from ..preprocessing import NORMALIZATIONS, Preprocessing
-from .heads import DexHead
+from .heads import ANSWER_OPTIONS, DexHead
 from .registry import AgeModel, Backbone, ModelSpec
 
-__all__ = ["ENSEMBLE", "EnsembleModel", "MemberInput", "ensemble_spec", "build_ensemble_checkpoint"]
+__all__ = ["ENSEMBLE", "EnsembleModel", "MemberInput", "ensemble_spec", "build_ensemble_checkpoint",
+           "unpack_ensemble_checkpoint"]
 
 ENSEMBLE = "ensemble"
 
@@ -92,7 +93,8 @@ class EnsembleModel(AgeModel):
                                  "with a 'dex' head (an age distribution to average)")
         if spec.preprocessing != member_specs[0].preprocessing:
             raise ValueError("an ensemble's preprocessing must be its first member's")
-        head = DexHead(AGE_BINS)
+        # how to answer (estimate, temperature) is the ensemble's; how to train is each member's
+        head = DexHead(AGE_BINS, **{k: v for k, v in spec.head_kwargs.items() if k in ANSWER_OPTIONS})
         head.fc = nn.Identity()  # the input is already log-probabilities: softmax gives them back
         super().__init__(spec, Backbone(nn.Identity(), AGE_BINS), head)
         self.members = nn.ModuleList(build_from_spec(m) for m in member_specs)
@@ -158,3 +160,33 @@ def build_ensemble_checkpoint(checkpoints: list, output, data=None, split: str =
         payload["metrics_split"] = split
     save_checkpoint(output, payload)
     return payload
+
+
+def unpack_ensemble_checkpoint(path, out_dir) -> list:
+    """Write each member of the ensemble checkpoint ``path`` as a checkpoint of its own,
+    ``out_dir/member{k}.pt`` (float32 weights, its spec, the ensemble's split fingerprint and the member's
+    recorded metrics), and return their paths: a fresh machine regains the shipped members (to fine-tune,
+    distil from or re-ensemble) from the one file that is committed."""
+    from pathlib import Path
+
+    from ..checkpoint import load_checkpoint, save_checkpoint
+
+    ckpt = load_checkpoint(path)
+    spec = ModelSpec.from_dict(ckpt["spec"])
+    if spec.name != ENSEMBLE:
+        raise ValueError(f"{path}: model {spec.name!r} is not an ensemble; nothing to unpack")
+    members = spec.model_kwargs["members"]
+    recorded = ckpt.get("members") or [{} for _ in members]
+    out, written = Path(out_dir), []
+    for k, member in enumerate(members):
+        prefix = f"members.{k}."
+        state = {key[len(prefix):]: value.float() if value.is_floating_point() else value
+                 for key, value in ckpt["state_dict"].items() if key.startswith(prefix)}
+        target = out / f"member{k}.pt"
+        save_checkpoint(target, {"spec": member, "state_dict": state,
+                                 "split_fingerprint": ckpt.get("split_fingerprint"),
+                                 "metrics": recorded[k].get("metrics") or {},
+                                 "unpacked_from": {"checkpoint": str(path), "member": k,
+                                                   "trained_as": recorded[k].get("checkpoint")}})
+        written.append(target)
+    return written

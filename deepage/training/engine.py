@@ -284,6 +284,7 @@ class TrainContext:
     world: int = 1
     last_save: float = field(default_factory=time.perf_counter)  # when last.pt was last written
     teacher_probs: torch.Tensor | None = None  # (N_train, 101): the teachers' mean age distributions
+    teacher_models: list[AgeModel] = field(default_factory=list)  # teacher_online: run on every batch
     aux: AuxHeads | None = None  # gender and race heads (aux_weight > 0), trained with the model, not saved in best.pt
     aux_targets: torch.Tensor | None = None  # (N_train, 2): gender and race of the training images
 
@@ -365,6 +366,40 @@ def teacher_distributions(config: TrainConfig, train_data: FaceData, run_dir: Pa
     return probs
 
 
+def online_teachers(config: TrainConfig, preprocessing, device: torch.device) -> list[AgeModel]:
+    """The ``config.teachers`` as models in eval mode, for ``teacher_online`` (else ``[]``).
+
+    A teacher is fed the student's augmented batch as it is, so its preprocessing (input size, crop,
+    normalisation) must be the student's; an ensemble takes its first member's, which is how the shipped
+    ensemble teaches a student of its first member's kind."""
+    if not config.teacher_online:
+        return []
+    from ..checkpoint import model_from_checkpoint
+
+    models = []
+    for path in config.teachers:
+        teacher = model_from_checkpoint(path).to(device).eval()
+        if teacher.spec.preprocessing != preprocessing:
+            raise ValueError(f"config field 'teachers': {path} takes {teacher.spec.preprocessing}, the student "
+                             f"{preprocessing}; teacher_online feeds both the same batch")
+        if teacher.spec.head != "dex":
+            raise ValueError(f"config field 'teachers': {path} gives no distribution over ages 0-100")
+        for param in teacher.parameters():
+            param.requires_grad_(False)
+        if config.channels_last:
+            teacher.to(memory_format=torch.channels_last)
+        models.append(teacher)
+    return models
+
+
+@torch.no_grad()
+def _teach(ctx: TrainContext, x: torch.Tensor) -> torch.Tensor:
+    """``(B, 3, H, W)`` the student's batch → ``(B, 101)`` the online teachers' mean age distribution."""
+    with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=ctx.use_amp):
+        probs = [teacher.predict(teacher(x)).age_probs for teacher in ctx.teacher_models]
+    return torch.stack(probs).mean(dim=0)
+
+
 def out_of_budget(config: TrainConfig, state: TrainState) -> str | None:
     """``"max_steps"`` or ``"max_minutes"`` once that budget is spent, else ``None``."""
     if config.max_steps is not None and state.step >= config.max_steps:
@@ -387,7 +422,9 @@ def _train_step(ctx: TrainContext, batch: Batch, lr: float) -> float:
     if ctx.aux is not None:  # MultiTaskModel: (age head outputs, gender/race logits)
         outputs, aux_logits = outputs
     targets = {}
-    if ctx.teacher_probs is not None:  # distillation: the ensemble's distributions of these training images
+    if ctx.teacher_models:  # online distillation: the teachers' distributions of this very (augmented) view
+        targets = {"teacher_probs": _teach(ctx, x), "teacher_weight": config.teacher_weight}
+    elif ctx.teacher_probs is not None:  # distillation: the ensemble's distributions of these training images
         targets = {"teacher_probs": ctx.teacher_probs[batch.index].to(ctx.device),
                    "teacher_weight": config.teacher_weight}
     loss = model.loss(outputs, ages, **targets)
@@ -590,7 +627,9 @@ def train(config: TrainConfig | None = None, resume: str | Path | None = None,
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, run_dir / "config.yaml")  # on resume: with the overrides it was given
     ctx = _context(config, model, device, run_dir, train_data, rank, world, local_rank)
-    ctx.teacher_probs = teacher_distributions(config, train_data, run_dir, device)
+    ctx.teacher_models = online_teachers(config, model.spec.preprocessing, device)
+    if not ctx.teacher_models:
+        ctx.teacher_probs = teacher_distributions(config, train_data, run_dir, device)
     batches = FaceBatches(train_data, model.spec.preprocessing, config.batch_size, shuffle=True,
                           augment=TRAIN_AUGMENTATION if config.augment else None, drop_last=True,
                           seed=config.seed, rank=rank, world_size=world,
