@@ -144,6 +144,16 @@ def _colour_coefficients(images: torch.Tensor, pre: Preprocessing, aug: Augmenta
     return a.reshape(shape), g.reshape(shape), c.reshape(shape)
 
 
+def _pixel_aligned_offset(width: int, height: int, pre: Preprocessing) -> int | None:
+    """Where the evaluation transform of a ``width`` x ``height`` stored image is a plain crop: the offset of
+    the central ``input_size`` square whose pixel centres it samples exactly (``crop_pct * side ==
+    input_size`` and an even margin), else ``None``."""
+    margin = width - pre.input_size
+    if width != height or margin < 0 or margin % 2 or abs(pre.crop_pct * width - pre.input_size) > 1e-6:
+        return None
+    return margin // 2
+
+
 def _sampling_grid(theta: torch.Tensor, size: int) -> torch.Tensor:
     """``affine_grid(theta, (B, 3, size, size), align_corners=False)`` by broadcasting: the library
     version runs a (H*W x 3) @ (3 x 2) matmul per image, several times slower on the CPU."""
@@ -165,6 +175,13 @@ def prepare_batch(images: torch.Tensor, pre: Preprocessing, augment: Augmentatio
         raise ValueError(f"expected (B, S, S, 3) uint8 RGB images, got {tuple(images.shape)} {images.dtype}")
     b, _, w, _ = images.shape
     a, g, c = _colour_coefficients(images, pre, augment, generator)
+    offset = _pixel_aligned_offset(w, images.shape[1], pre) if augment is None else None
+    if offset is not None:
+        # The evaluation transform samples the stored pixels' own centres (the bundled model: the central
+        # 150 of 160 px): the same values as grid_sample's, without a sampling grid; 1-2.7 ms a face less.
+        side = pre.input_size
+        crop = images[:, offset:offset + side, offset:offset + side, :].permute(0, 3, 1, 2)
+        return crop.float().mul_(a).add_(c).contiguous()
     x = images.permute(0, 3, 1, 2).float()  # (B, 3, S, S) values 0..255
     source_side = pre.input_size / pre.crop_pct
     if w > 1.5 * source_side:

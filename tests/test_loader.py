@@ -122,3 +122,22 @@ def test_split_loading_and_lazy_mode(tiny_h5):
     assert len(both) == len(load_split(tiny_h5, "train")) + len(eager) == 120 - len(load_split(tiny_h5, "test"))
     with pytest.raises(ValueError, match="unknown split"):
         load_split(tiny_h5, "holdout")
+
+
+def test_a_pixel_aligned_evaluation_crop_is_grid_samples_own_answer():
+    import torch.nn.functional as F
+
+    from deepage.preprocessing import Preprocessing, _affine, _sampling_grid, prepare_batch
+
+    images = torch.randint(0, 256, (3, 160, 160, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    for pre in (Preprocessing(input_size=150, stored_size=160, crop_pct=0.9375, normalization="imagenet"),
+                Preprocessing(input_size=112, stored_size=160, crop_pct=0.7, normalization="unit")):
+        x = images.permute(0, 3, 1, 2).float()
+        grid = _sampling_grid(_affine(3, pre, None, None), pre.input_size)
+        sampled = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+        mean, std = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)) if pre.normalization == "imagenet" else \
+            ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+        expected = (sampled / 255 - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+        out = prepare_batch(images, pre)
+        assert out.shape == (3, 3, pre.input_size, pre.input_size) and out.is_contiguous()
+        torch.testing.assert_close(out, expected, atol=1e-4, rtol=0)

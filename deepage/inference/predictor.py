@@ -238,7 +238,8 @@ class Predictor:
     def __init__(self, spec: ModelSpec, checkpoint_path: Path, backend: str,
                  model: torch.nn.Module | None = None, session=None, detect: bool = True, device: str = "cpu",
                  aligner: FaceAligner | None = None, tta: bool = False, workers: int | str = 1,
-                 adult_age: int | str | None = AUTO, age_gates: dict[int, AgeGate] | None = None) -> None:
+                 adult_age: int | str | None = AUTO, age_gates: dict[int, AgeGate] | None = None,
+                 weights_digest: str | None = None) -> None:
         if backend not in ("torch", "onnx"):
             raise ValueError(f"backend must be 'torch' or 'onnx' here (resolve 'auto' first), got {backend!r}")
         if (session if backend == "onnx" else model) is None:
@@ -246,6 +247,8 @@ class Predictor:
         self.spec = spec
         self.checkpoint_path = Path(checkpoint_path)
         self.backend = backend
+        # an .onnx file's record of the weights it was exported from (None for a .pt: they are its own)
+        self.weights_digest = weights_digest
         self.detect = detect
         self.tta = tta  # average each face with its mirror image (2x the model cost)
         self.device = torch.device(device)
@@ -297,7 +300,8 @@ class Predictor:
             from .export import onnx_model_and_record
 
             graph, record = onnx_model_and_record(path, model_threads(n_workers))
-            return cls(graph.spec, path, "onnx", session=graph.session, age_gates=read_age_gates(record, path), **kw)
+            return cls(graph.spec, path, "onnx", session=graph.session, age_gates=read_age_gates(record, path),
+                       weights_digest=record["weights_digest"], **kw)
         ckpt = load_checkpoint(path)
         model = model_from_checkpoint(ckpt, name=path).to(device)
         kw["age_gates"] = read_age_gates(ckpt, path)
@@ -336,9 +340,11 @@ class Predictor:
         wanted = int8 is True or (int8 == AUTO and backend != "torch" and device == "cpu" and have_ort
                                   and DEFAULT_INT8_MODEL.is_file())  # a copy without it: the float model, quietly
         if wanted:
-            problem = _int8_problem()
+            predictor = cls.from_checkpoint(DEFAULT_INT8_MODEL, **{**kw, "backend": "onnx"})
+            problem = _int8_problem(predictor.weights_digest)
             if problem is None:
-                return cls.from_checkpoint(DEFAULT_INT8_MODEL, **{**kw, "backend": "onnx"})
+                return predictor
+            predictor.close()
             if int8 is True:
                 raise ValueError(f"Predictor.default(int8=True): {problem}")
             log.warning("answering with the float model: %s", problem)
@@ -554,17 +560,12 @@ def _importing_main_in_a_worker() -> bool:
     return bool(getattr(mp.current_process(), "_inheriting", False))
 
 
-def _int8_problem() -> str | None:
-    """Why the bundled int8 graph cannot stand in for the bundled model (``None``: it can)."""
-    if not DEFAULT_INT8_MODEL.is_file():
-        return f"{DEFAULT_INT8_MODEL.name} is missing"
-    import onnx
-
-    from .export import WEIGHTS_KEY
-
-    meta = {p.key: p.value for p in onnx.load(str(DEFAULT_INT8_MODEL), load_external_data=False).metadata_props}
+def _int8_problem(graph_digest: str | None) -> str | None:
+    """Why the bundled int8 graph, which records ``graph_digest`` as the weights it was exported from,
+    cannot stand in for the bundled model (``None``: it can). The digest comes from the graph's ONNX Runtime
+    session, already open: reading it with the ``onnx`` package took 1.3 s of every start, to import it."""
     digest = weights_digest(load_checkpoint(DEFAULT_MODEL)["state_dict"])
-    if meta.get(WEIGHTS_KEY) != digest:
-        return (f"{DEFAULT_INT8_MODEL.name} was exported from other weights ({meta.get(WEIGHTS_KEY)}) than "
+    if graph_digest != digest:
+        return (f"{DEFAULT_INT8_MODEL.name} was exported from other weights ({graph_digest}) than "
                 f"{DEFAULT_MODEL.name} ({digest}); export it again with `deepage export {DEFAULT_MODEL.name} --int8`")
     return None
