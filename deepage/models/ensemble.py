@@ -20,6 +20,7 @@ by :func:`deepage.models.registry.build_from_spec` under the name :data:`ENSEMBL
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -124,7 +125,6 @@ def build_ensemble_checkpoint(checkpoints: list, output, data=None, split: str =
     ``metrics`` (without ``data`` it has none). ``half``: store the weights as float16 (half the file; they
     load into float32, and with ``data`` it is the stored weights that are scored). Age
     gates are not carried over: they belong to one model's scores (``deepage calibrate`` the result)."""
-    from pathlib import Path
 
     from ..checkpoint import load_checkpoint, save_checkpoint
 
@@ -162,13 +162,11 @@ def build_ensemble_checkpoint(checkpoints: list, output, data=None, split: str =
     return payload
 
 
-def unpack_ensemble_checkpoint(path, out_dir) -> list:
+def unpack_ensemble_checkpoint(path: str | Path, out_dir: str | Path) -> list[Path]:
     """Write each member of the ensemble checkpoint ``path`` as a checkpoint of its own,
     ``out_dir/member{k}.pt`` (float32 weights, its spec, the ensemble's split fingerprint and the member's
     recorded metrics), and return their paths: a fresh machine regains the shipped members (to fine-tune,
     distil from or re-ensemble) from the one file that is committed."""
-    from pathlib import Path
-
     from ..checkpoint import load_checkpoint, save_checkpoint
 
     ckpt = load_checkpoint(path)
