@@ -60,11 +60,13 @@ def point_age(age_probs: torch.Tensor, estimate: str = "median") -> torch.Tensor
 @dataclass
 class HeadOutput:
     """``age``: ``(B,)`` years or ``None``; ``class_probs``: scheme name → ``(B, C)`` probabilities;
-    ``age_probs``: ``(B, 101)`` over ages 0..100 or ``None``."""
+    ``age_probs``: ``(B, 101)`` over ages 0..100 or ``None``; ``estimate``: the :data:`AGE_ESTIMATES` rule
+    that made ``age`` from ``age_probs`` (``None`` when ``age`` was made otherwise)."""
 
     age: torch.Tensor | None
     class_probs: dict[str, torch.Tensor] = field(default_factory=dict)
     age_probs: torch.Tensor | None = None
+    estimate: str | None = None
 
 
 def age_quantiles(age_probs: np.ndarray, q: float) -> np.ndarray:
@@ -86,11 +88,16 @@ def age_quantiles(age_probs: np.ndarray, q: float) -> np.ndarray:
 
 
 def average_outputs(a: HeadOutput, b: HeadOutput) -> HeadOutput:
-    """The mean of two predictions of the same images (e.g. an image and its mirror image)."""
-    age = None if a.age is None else (a.age + b.age) / 2
+    """The mean of two predictions of the same images (e.g. an image and its mirror image): of their
+    distributions, whose age is then read by the same rule (the median of the mean distribution, not the
+    mean of two medians), or of their ages where they were not read from a distribution."""
     age_probs = None if a.age_probs is None else (a.age_probs + b.age_probs) / 2
+    if a.estimate is not None and age_probs is not None:
+        age = point_age(age_probs, a.estimate)
+    else:
+        age = None if a.age is None else (a.age + b.age) / 2
     return HeadOutput(age=age, class_probs={k: (v + b.class_probs[k]) / 2 for k, v in a.class_probs.items()},
-                      age_probs=age_probs)
+                      age_probs=age_probs, estimate=a.estimate)
 
 
 def gaussian_age_targets(ages: torch.Tensor, sigma: float, num_ages: int = AGE_BINS) -> torch.Tensor:
@@ -191,7 +198,7 @@ class DexHead(nn.Module):
     def predict(self, outputs: torch.Tensor) -> HeadOutput:
         probs = (outputs.float() / self.temperature).softmax(dim=1)
         return HeadOutput(age=point_age(probs, self.estimate), class_probs=_age_distribution_to_classes(probs),
-                          age_probs=probs)
+                          age_probs=probs, estimate=self.estimate)
 
 
 class CoralHead(nn.Module):
