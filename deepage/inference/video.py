@@ -48,7 +48,7 @@ import numpy as np
 import torch
 
 from ..answers import AgeGate, p_at_least
-from ..models.heads import AGE_ESTIMATES, INTERVAL_QUANTILES, age_quantiles, point_age
+from ..models.heads import INTERVAL_QUANTILES, age_quantiles, check_estimate, point_age
 from .predictor import FacePrediction, Predictor
 
 __all__ = ["VIDEO_SUFFIXES", "is_video", "AgeFusion", "Track", "FaceTracker", "VideoReader", "VideoReadError",
@@ -94,9 +94,7 @@ class AgeFusion:
 
     def __init__(self, temperature: float = DEFAULT_TEMPERATURE, forget: float = DEFAULT_FORGET,
                  estimate: str = "median") -> None:
-        if estimate not in AGE_ESTIMATES:
-            raise ValueError(f"estimate must be one of {AGE_ESTIMATES}, got {estimate!r}")
-        self.estimate = estimate
+        self.estimate = check_estimate(estimate)
         if temperature < 1:
             raise ValueError(f"temperature must be at least 1 (1: the plain product), got {temperature}")
         if not 0 < forget <= 1:

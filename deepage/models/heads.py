@@ -27,7 +27,7 @@ from ..labels import AGE_BINS, MAX_AGE, LabelScheme, get_scheme, list_schemes
 
 __all__ = ["HeadOutput", "average_outputs", "ClassesHead", "DexHead", "CoralHead", "create_head", "head_options",
            "HEADS", "gaussian_age_targets", "age_quantiles", "INTERVAL_QUANTILES", "AGE_ESTIMATES", "point_age",
-           "ANSWER_OPTIONS"]
+           "check_estimate", "ANSWER_OPTIONS"]
 
 HEADS = ("classes", "dex", "coral")
 INTERVAL_QUANTILES = (0.1, 0.9)
@@ -44,17 +44,22 @@ ANSWER_OPTIONS = ("estimate", "temperature")
 on a trained model, and an ensemble takes them from its own spec."""
 
 
+def check_estimate(estimate: str) -> str:
+    """``estimate`` if it is one of :data:`AGE_ESTIMATES`, else ``ValueError`` naming them."""
+    if estimate not in AGE_ESTIMATES:
+        raise ValueError(f"age estimate {estimate!r} is not one of {AGE_ESTIMATES}")
+    return estimate
+
+
 def point_age(age_probs: torch.Tensor, estimate: str = "median") -> torch.Tensor:
     """``(B, A)`` distributions over ages ``0..A-1`` → ``(B,)`` float32 years, by ``estimate`` (one of
     :data:`AGE_ESTIMATES`)."""
     probs = age_probs.float()
-    if estimate == "mean":
+    if check_estimate(estimate) == "mean":
         return probs @ torch.arange(probs.shape[1], dtype=probs.dtype, device=probs.device)
-    if estimate == "median":
-        # the first age whose cumulative mass reaches half of the total (an argmax over a boolean: the first True)
-        reached = probs.cumsum(dim=1) >= 0.5 * probs.sum(dim=1, keepdim=True)
-        return reached.float().argmax(dim=1).to(probs.dtype)
-    raise ValueError(f"age estimate {estimate!r} is not one of {AGE_ESTIMATES}")
+    # the median: the first age whose cumulative mass reaches half of the total (argmax finds the first True)
+    reached = probs.cumsum(dim=1) >= 0.5 * probs.sum(dim=1, keepdim=True)
+    return reached.float().argmax(dim=1).to(probs.dtype)
 
 
 @dataclass
@@ -168,8 +173,7 @@ class DexHead(nn.Module):
     def __init__(self, in_features: int, dropout: float = 0.0, sigma: float = 2.0, l1_weight: float = 0.05,
                  estimate: str = "median", temperature: float = 1.0) -> None:
         super().__init__()
-        if estimate not in AGE_ESTIMATES:
-            raise ValueError(f"head 'dex': estimate {estimate!r} is not one of {AGE_ESTIMATES}")
+        check_estimate(estimate)
         if not temperature > 0:
             raise ValueError(f"head 'dex': temperature must be positive, got {temperature}")
         self.sigma, self.l1_weight, self.estimate, self.temperature = sigma, l1_weight, estimate, float(temperature)
