@@ -201,3 +201,20 @@ def test_an_empty_partial_file_left_by_an_older_version_does_not_block(tmp_path)
                       "align": False}, "n_entries": 0, "n_images": 0, "n_skipped": 0}))
     summary = ingest(tmp_path / "UTKFace", out, size=16, workers=1)
     assert summary.n_images == 4 and summary.resumed_from == 0 and not (tmp_path / "o.h5.partial").exists()
+
+
+def test_output_folder_that_does_not_exist_yet_is_made(tmp_path):
+    # the README's first command on a fresh clone writes `-o work/utk128.h5` before `work/` exists
+    source = tmp_path / "faces"
+    write_utk_folder(source, n=3)
+    out = tmp_path / "work" / "nested" / "o.h5"
+    assert cli(["ingest", str(source), "-o", str(out), "--size", "16", "--workers", "1"]) == 0
+    with h5py.File(out) as f:
+        assert f.attrs["complete"] and len(f["age"]) == 3
+
+
+def test_a_mistyped_source_leaves_no_output_folder_behind(tmp_path):
+    out = tmp_path / "work" / "o.h5"
+    with pytest.raises(FileNotFoundError):
+        ingest(tmp_path / "missing", out, size=16, workers=1)
+    assert not out.parent.exists()

@@ -410,6 +410,7 @@ def ingest(
         raise FileExistsError(f"{output} exists but is not a finished ingest; delete it or pass --overwrite")
     check_source(source)  # before OUT.partial exists: a mistyped path must leave nothing behind
     settings = _settings(source, size, labels_csv, align, label_format, max_file_mb)
+    output.parent.mkdir(parents=True, exist_ok=True)  # `-o work/data.h5` on a fresh clone: make `work/`
     partial_file = _Partial.of(output)
     started = time.perf_counter()
     f, summary = _open_partial(partial_file, output, size, settings, overwrite)
