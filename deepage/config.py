@@ -58,6 +58,14 @@ class TrainConfig:
     photo_augment: bool = False  # old/cheap-photo degradations (noise, grey, sepia, cast, blur, down, JPEG)
     ema_decay: float = 0.0  # 0: off; else weights are averaged (EMA) and the average is evaluated and saved
     grad_clip: float = 0.0
+    # SWA (Izmailov et al. 2018): the last swa_epochs epochs hold the learning rate at swa_lr (None: lr) and the
+    # weights at each of their ends are averaged equally; that average is validated and saved. Unlike EMA it
+    # weighs a whole epoch's end the same as the last one; BatchNorm statistics are averaged with the weights
+    swa_epochs: int = 0
+    swa_lr: float | None = None
+    # mixup (Zhang et al. 2018): each training batch blended with a shuffled copy of itself, x = l*x + (1-l)*x',
+    # l ~ Beta(mixup_alpha, mixup_alpha), and the loss the same blend of the two labels' losses; 0: off
+    mixup_alpha: float = 0.0
     # transfer: the pretrained trunk (every backbone parameter but its "neck") learns at lr * backbone_lr_mult,
     # and is frozen for the first linear_probe_epochs (the head learns on fixed features first: LP-FT)
     backbone_lr_mult: float = 1.0
@@ -132,6 +140,12 @@ class TrainConfig:
             raise ValueError(f"config field 'aux_weight': must be >= 0, got {self.aux_weight}")
         if self.backbone_lr_mult < 0 or self.linear_probe_epochs < 0:
             raise ValueError("config: backbone_lr_mult and linear_probe_epochs must be >= 0")
+        if not 0 <= self.swa_epochs <= self.epochs:
+            raise ValueError(f"config field 'swa_epochs': between 0 and epochs ({self.epochs}), got {self.swa_epochs}")
+        if self.mixup_alpha < 0:
+            raise ValueError(f"config field 'mixup_alpha': must be >= 0 (0: off), got {self.mixup_alpha}")
+        if self.swa_lr is not None and self.swa_lr < 0:
+            raise ValueError(f"config field 'swa_lr': must be >= 0, got {self.swa_lr}")
         if self.batch_size < 1 or self.epochs < 1:
             raise ValueError("config: batch_size and epochs must be positive")
 

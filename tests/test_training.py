@@ -235,3 +235,74 @@ def test_torchrun_two_processes(tiny_h5, tmp_path):
     assert summary["steps"] == 2 * ((n_train // 2) // 8)  # each rank walks its half of the data
     best = load_checkpoint(tmp_path / "ddp" / "best.pt")
     assert best["metrics"]["n"] == n_val  # the whole validation split, gathered from both ranks
+
+
+def test_swa_schedule_holds_its_rate_after_the_cosine():
+    config = TrainConfig(lr=1.0, epochs=10, warmup_epochs=0, swa_epochs=4, swa_lr=0.3)
+    assert lr_at(config, 0, 10, 0) == pytest.approx(1.0)
+    assert lr_at(config, 59, 10, 0) == pytest.approx(0.01, abs=2e-3)  # the cosine ends where SWA begins
+    assert lr_at(config, 60, 10, 0) == lr_at(config, 99, 10, 0) == 0.3
+    assert lr_at(dataclasses.replace(config, swa_lr=None), 70, 10, 0) == 1.0
+    with pytest.raises(ValueError, match="swa_epochs"):
+        TrainConfig(epochs=3, swa_epochs=4)
+
+
+def test_swa_averages_the_ends_of_its_epochs_across_a_resume(tiny_h5, tmp_path):
+    # 3 epochs, the last 2 averaged; stopped by a step budget at the end of epoch 2, then resumed
+    from deepage.data.loader import load_split
+
+    run = _config(tiny_h5, tmp_path, epochs=3, swa_epochs=2, ema_decay=0.0, name="swa")
+    steps_per_epoch = len(load_split(tiny_h5, "train")) // run.batch_size  # drop_last
+    stopped = train(dataclasses.replace(run, max_steps=2 * steps_per_epoch))
+    assert stopped.stopped_by == "max_steps"
+    at_epoch_2 = load_checkpoint(stopped.run_dir / "last.pt")
+    assert at_epoch_2["swa_state"]["n_averaged"] == 1
+    result = train(resume=stopped.run_dir, overrides=("max_steps=null",))
+    assert result.stopped_by == "epochs"
+    last = load_checkpoint(result.run_dir / "last.pt")
+    swa = last["swa_state"]
+    assert swa["n_averaged"] == 2
+    for key, value in last["state_dict"].items():
+        if value.dtype.is_floating_point:
+            expected = (at_epoch_2["state_dict"][key] + value) / 2
+            assert torch.allclose(swa[f"module.{key}"], expected, atol=1e-6), key
+    history = json.loads((result.run_dir / "history.json").read_text())
+    assert [h["swa_epochs_averaged"] for h in history] == [0, 1, 2]
+
+
+def test_mixup_blends_images_and_the_two_labels_losses():
+    from deepage.models.heads import DexHead
+    from deepage.training.engine import Mixup
+
+    head = DexHead(4)
+    outputs, ages = torch.randn(3, 101), torch.tensor([5.0, 30.0, 70.0])
+    teacher = torch.softmax(torch.randn(3, 101), dim=1)
+    partner = torch.tensor([2, 0, 1])
+    x = torch.arange(3.0).view(3, 1, 1, 1).expand(3, 3, 2, 2)
+    mix = Mixup(lam=0.25, partner=partner)
+    blended = 0.25 * torch.tensor([0.0, 1, 2]) + 0.75 * torch.tensor([2.0, 0, 1])
+    assert torch.allclose(mix.images(x)[:, 0, 0, 0], blended)
+
+    def loss(a, **t):
+        return head.loss(outputs, a, **t)
+
+    targets = {"teacher_probs": teacher, "teacher_weight": 0.5}
+    expected = 0.25 * head.loss(outputs, ages, **targets) + 0.75 * head.loss(
+        outputs, ages[partner], teacher_probs=teacher[partner], teacher_weight=0.5)
+    assert torch.allclose(mix.loss(loss, ages, **targets), expected)
+    # a teacher that saw the blended images is not permuted
+    online = 0.25 * head.loss(outputs, ages, **targets) + 0.75 * head.loss(outputs, ages[partner], **targets)
+    assert torch.allclose(mix.loss(loss, ages, blended=targets), online)
+    assert torch.allclose(Mixup(lam=1.0, partner=partner).loss(loss, ages), head.loss(outputs, ages))
+    drawn = Mixup.draw(0.4, 8)
+    assert 0 <= drawn.lam <= 1 and sorted(drawn.partner.tolist()) == list(range(8))
+
+
+def test_mixup_trains_and_is_checked(tiny_h5, tmp_path):
+    plain = train(_config(tiny_h5, tmp_path, epochs=1, name="plain", ema_decay=0.0))
+    mixed = train(_config(tiny_h5, tmp_path, epochs=1, name="mixed", ema_decay=0.0, mixup_alpha=0.4, aux_weight=0.1))
+    loss_plain = json.loads((plain.run_dir / "history.json").read_text())[0]["train_loss"]
+    loss_mixed = json.loads((mixed.run_dir / "history.json").read_text())[0]["train_loss"]
+    assert loss_mixed != loss_plain and loss_mixed == loss_mixed  # trained on other targets, and not NaN
+    with pytest.raises(ValueError, match="mixup_alpha"):
+        TrainConfig(mixup_alpha=-1)

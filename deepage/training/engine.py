@@ -177,12 +177,16 @@ def lr_at(config: TrainConfig, step: int, steps_per_epoch: int, elapsed_s: float
     """Learning rate at ``step``: linear warm-up, then cosine / step / constant.
 
     With ``max_minutes`` the cosine follows whichever budget (steps or time) is further along, so a
-    time-budgeted run still ends at a low rate.
+    time-budgeted run still ends at a low rate. With ``swa_epochs`` the schedule ends where they begin,
+    and they hold ``swa_lr``.
     """
     warmup = max(1, int(config.warmup_epochs * steps_per_epoch))
     if step < warmup:
         return config.lr * (step + 1) / warmup
-    total = config.epochs * steps_per_epoch
+    swa_start = (config.epochs - config.swa_epochs) * steps_per_epoch
+    if config.swa_epochs and step >= swa_start:  # SWA's epochs: one constant rate
+        return config.lr if config.swa_lr is None else config.swa_lr
+    total = swa_start  # the schedule runs its course before SWA's epochs (all epochs without SWA)
     if config.max_steps:
         total = min(total, config.max_steps)
     progress = (step - warmup) / max(1, total - warmup)
@@ -287,10 +291,17 @@ class TrainContext:
     teacher_models: list[AgeModel] = field(default_factory=list)  # teacher_online: run on every batch
     aux: AuxHeads | None = None  # gender and race heads (aux_weight > 0), trained with the model, not saved in best.pt
     aux_targets: torch.Tensor | None = None  # (N_train, 2): gender and race of the training images
+    swa: AveragedModel | None = None  # swa_epochs: the equal average of the weights at those epochs' ends
+
+    def swa_active(self) -> bool:
+        return self.swa is not None and int(self.swa.n_averaged) > 0
 
     @property
     def eval_model(self) -> torch.nn.Module:
-        """What is validated and saved as ``best.pt``: the EMA weights when EMA is on."""
+        """What is validated and saved as ``best.pt``: the SWA average once it holds an epoch, else the EMA
+        weights when EMA is on, else the model."""
+        if self.swa_active():
+            return self.swa.module
         return self.ema.module if self.ema is not None else self.model
 
     @property
@@ -311,6 +322,8 @@ class TrainContext:
                         "rng": torch.get_rng_state(), "train_state": state.to_dict()})
             if self.aux is not None:  # only then: a run without the heads keeps the layout older runs resume from
                 out["aux_state"] = self.aux.state_dict()
+            if self.swa is not None:  # likewise
+                out["swa_state"] = self.swa.state_dict()
         return out
 
     def save_last(self, state: TrainState) -> None:
@@ -332,6 +345,8 @@ class TrainContext:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         if self.ema is not None and ckpt.get("ema_state") is not None:
             self.ema.load_state_dict(ckpt["ema_state"])
+        if self.swa is not None and ckpt.get("swa_state") is not None:
+            self.swa.load_state_dict(ckpt["swa_state"])
         state = TrainState.from_dict(ckpt["train_state"])
         torch.set_rng_state(ckpt["rng"])
         return state
@@ -409,6 +424,37 @@ def out_of_budget(config: TrainConfig, state: TrainState) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class Mixup:
+    """One batch's mixup: image ``i`` was blended as ``lam * x[i] + (1 - lam) * x[partner[i]]``."""
+
+    lam: float
+    partner: torch.Tensor  # (B,) int64, a permutation of the batch
+
+    @classmethod
+    def draw(cls, alpha: float, batch_size: int) -> Mixup:
+        """``lam ~ Beta(alpha, alpha)`` and a random partner for each image (PyTorch's RNG: resumed runs
+        draw the same)."""
+        lam = float(torch.distributions.Beta(alpha, alpha).sample())
+        return cls(lam=lam, partner=torch.randperm(batch_size))
+
+    def images(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, H, W)`` → the blended batch, same shape."""
+        return self.lam * x + (1 - self.lam) * x[self.partner.to(x.device)]
+
+    def loss(self, loss_fn, ages: torch.Tensor, **targets) -> torch.Tensor:
+        """``lam * loss_fn(ages, **targets) + (1 - lam) * loss_fn(the partners' ages, **their targets)``.
+        Per-image targets (tensors with a batch dimension: a teacher's distributions of the unblended images)
+        are taken from the partners too; a teacher that saw the blended batch is passed as ``blended``
+        (not permuted: its answer is already about the blend)."""
+        blended = targets.pop("blended", {})
+        partner = self.partner.to(ages.device)
+        theirs = {k: v[partner] if isinstance(v, torch.Tensor) and v.dim() > 0 and len(v) == len(ages) else v
+                  for k, v in targets.items()}
+        return self.lam * loss_fn(ages, **targets, **blended) + (1 - self.lam) * loss_fn(ages[partner], **theirs,
+                                                                                          **blended)
+
+
 def _train_step(ctx: TrainContext, batch: Batch, lr: float) -> float:
     """One optimizer step on ``batch`` (``x`` ``(B, 3, H, W)`` normalised, ``age`` ``(B,)`` years); the loss."""
     config, model, optimizer = ctx.config, ctx.model, ctx.optimizer
@@ -417,6 +463,9 @@ def _train_step(ctx: TrainContext, batch: Batch, lr: float) -> float:
         x = x.contiguous(memory_format=torch.channels_last)
     for group in optimizer.param_groups:
         group["lr"] = lr * group.get("lr_mult", 1.0)
+    mix = Mixup.draw(config.mixup_alpha, len(ages)) if config.mixup_alpha > 0 else None
+    if mix is not None:
+        x = mix.images(x)
     with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=ctx.use_amp):
         outputs = ctx.train_model(x)
     if ctx.aux is not None:  # MultiTaskModel: (age head outputs, gender/race logits)
@@ -427,9 +476,18 @@ def _train_step(ctx: TrainContext, batch: Batch, lr: float) -> float:
     elif ctx.teacher_probs is not None:  # distillation: the ensemble's distributions of these training images
         targets = {"teacher_probs": ctx.teacher_probs[batch.index].to(ctx.device),
                    "teacher_weight": config.teacher_weight}
-    loss = model.loss(outputs, ages, **targets)
-    if ctx.aux is not None:
-        loss = loss + config.aux_weight * aux_loss(aux_logits, ctx.aux_targets[batch.index].to(ctx.device))
+    aux_targets = ctx.aux_targets[batch.index].to(ctx.device) if ctx.aux is not None else None
+    if mix is None:
+        loss = model.loss(outputs, ages, **targets)
+        if ctx.aux is not None:
+            loss = loss + config.aux_weight * aux_loss(aux_logits, aux_targets)
+    else:
+        if ctx.teacher_models:  # the online teachers saw the blended batch
+            targets = {"blended": targets}
+        loss = mix.loss(lambda a, **t: model.loss(outputs, a, **t), ages, **targets)
+        if ctx.aux is not None:
+            loss = loss + config.aux_weight * mix.loss(lambda _, labels: aux_loss(aux_logits, labels), ages,
+                                                       labels=aux_targets)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if config.grad_clip > 0:
@@ -490,12 +548,16 @@ def train_one_epoch(ctx: TrainContext, batches: FaceBatches, state: TrainState) 
     epoch_done = state.batch_in_epoch >= steps_per_epoch
     if epoch_done:
         state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+        if ctx.swa is not None and state.epoch > config.epochs - config.swa_epochs:
+            ctx.swa.update_parameters(ctx.model)
     row = {"epoch": state.epoch if epoch_done else state.epoch + state.batch_in_epoch / steps_per_epoch,
            "step": state.step, "train_loss": round(loss_sum / max(1, loss_n), 5),
            "lr": lr_at(config, state.step, steps_per_epoch, state.train_seconds),
            "train_seconds": round(state.train_seconds, 1),
            # throughput of this epoch's training steps: the number to check against a quiet machine's
            "train_img_per_s": round(loss_n * ctx.world / max(1e-9, state.train_seconds - seconds_before), 1)}
+    if ctx.swa is not None:
+        row["swa_epochs_averaged"] = int(ctx.swa.n_averaged)
     return row, stopped_by
 
 
@@ -570,6 +632,8 @@ def _context(config: TrainConfig, model: AgeModel, device: torch.device, run_dir
     built model."""
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True) \
         if config.ema_decay > 0 else None
+    # use_buffers: BatchNorm statistics are averaged too, not re-estimated (that pass costs a third of an epoch)
+    swa = AveragedModel(model, use_buffers=True) if config.swa_epochs > 0 else None
     aux = AuxHeads(model.num_features).to(device) if config.aux_weight > 0 else None
     optimizer = make_optimizer(config, model, extra=aux)
     train_model: torch.nn.Module = model if aux is None else MultiTaskModel(model, aux)
@@ -578,7 +642,8 @@ def _context(config: TrainConfig, model: AgeModel, device: torch.device, run_dir
             train_model, device_ids=[local_rank] if device.type == "cuda" else None)
     return TrainContext(config=config, model=model, train_model=train_model, optimizer=optimizer, ema=ema,
                         device=device, run_dir=run_dir, split_fingerprint=train_data.fingerprint, rank=rank,
-                        world=world, aux=aux, aux_targets=aux_labels(train_data) if aux is not None else None)
+                        world=world, aux=aux, aux_targets=aux_labels(train_data) if aux is not None else None,
+                        swa=swa)
 
 
 def _finish(ctx: TrainContext, state: TrainState, stopped_by: str) -> TrainResult:
