@@ -27,6 +27,7 @@ import time
 import urllib.error
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -442,7 +443,7 @@ class Mixup:
         """``(B, 3, H, W)`` → the blended batch, same shape."""
         return self.lam * x + (1 - self.lam) * x[self.partner.to(x.device)]
 
-    def loss(self, loss_fn, ages: torch.Tensor, **targets) -> torch.Tensor:
+    def loss(self, loss_fn: Callable[..., torch.Tensor], ages: torch.Tensor, **targets) -> torch.Tensor:
         """``lam * loss_fn(ages, **targets) + (1 - lam) * loss_fn(the partners' ages, **their targets)``.
         Per-image targets (tensors with a batch dimension: a teacher's distributions of the unblended images)
         are taken from the partners too; a teacher that saw the blended batch is passed as ``blended``
