@@ -25,9 +25,9 @@ import math
 import os
 import time
 import urllib.error
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
