@@ -19,6 +19,7 @@ import torch
 
 from deepage.checkpoint import model_from_checkpoint
 from deepage.data.loader import FaceBatches, load_split
+from deepage.evaluation.metrics import cumulative_score, mae
 from deepage.labels import get_scheme
 from deepage.models.heads import point_age
 
@@ -37,7 +38,7 @@ def view_probs(model, data, crop_pct: float, flip: bool, batch_size: int = 128) 
 def scores(probs: np.ndarray, ages: np.ndarray) -> dict[str, float]:
     """MAE, CS@5 and the 14- and 8-class accuracies of ``(N, 101)`` distributions against ``(N,)`` ages."""
     pred = point_age(torch.from_numpy(probs), "median").numpy()
-    row = {"mae": float(np.abs(pred - ages).mean()), "cs5": float((np.abs(pred - ages) <= 5).mean())}
+    row = {"mae": mae(ages, pred), "cs5": cumulative_score(ages, pred, 5)}
     for name in ("utk14", "utk8"):
         scheme = get_scheme(name)
         masses = probs @ scheme.age_to_class_matrix().numpy()

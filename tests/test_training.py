@@ -289,13 +289,15 @@ def test_mixup_blends_images_and_the_two_labels_losses():
     targets = {"teacher_probs": teacher, "teacher_weight": 0.5}
     expected = 0.25 * head.loss(outputs, ages, **targets) + 0.75 * head.loss(
         outputs, ages[partner], teacher_probs=teacher[partner], teacher_weight=0.5)
-    assert torch.allclose(mix.loss(loss, ages, **targets), expected)
+    assert torch.allclose(mix.loss(loss, ages, {"teacher_probs": teacher}, teacher_weight=0.5), expected)
     # a teacher that saw the blended images is not permuted
     online = 0.25 * head.loss(outputs, ages, **targets) + 0.75 * head.loss(outputs, ages[partner], **targets)
-    assert torch.allclose(mix.loss(loss, ages, blended=targets), online)
+    assert torch.allclose(mix.loss(loss, ages, **targets), online)
     assert torch.allclose(Mixup(lam=1.0, partner=partner).loss(loss, ages), head.loss(outputs, ages))
     drawn = Mixup.draw(0.4, 8)
     assert 0 <= drawn.lam <= 1 and sorted(drawn.partner.tolist()) == list(range(8))
+    off = Mixup.draw(0.0, 3)  # mixup off: the batch and the loss as they are
+    assert off.images(x) is x and torch.equal(off.loss(loss, ages, **targets), head.loss(outputs, ages, **targets))
 
 
 def test_mixup_trains_and_is_checked(tiny_h5, tmp_path):

@@ -427,33 +427,39 @@ def out_of_budget(config: TrainConfig, state: TrainState) -> str | None:
 
 @dataclass(frozen=True)
 class Mixup:
-    """One batch's mixup: image ``i`` was blended as ``lam * x[i] + (1 - lam) * x[partner[i]]``."""
+    """One batch's mixup: image ``i`` was blended as ``lam * x[i] + (1 - lam) * x[partner[i]]``;
+    ``partner`` ``None``: no blending (mixup off), the images and losses as they are."""
 
-    lam: float
-    partner: torch.Tensor  # (B,) int64, a permutation of the batch
+    lam: float = 1.0
+    partner: torch.Tensor | None = None  # (B,) int64, a permutation of the batch
 
     @classmethod
     def draw(cls, alpha: float, batch_size: int) -> Mixup:
         """``lam ~ Beta(alpha, alpha)`` and a random partner for each image (PyTorch's RNG: resumed runs
-        draw the same)."""
+        draw the same); ``alpha`` 0: no blending."""
+        if alpha <= 0:
+            return cls()
         lam = float(torch.distributions.Beta(alpha, alpha).sample())
         return cls(lam=lam, partner=torch.randperm(batch_size))
 
     def images(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, 3, H, W)`` → the blended batch, same shape."""
+        if self.partner is None:
+            return x
         return self.lam * x + (1 - self.lam) * x[self.partner.to(x.device)]
 
-    def loss(self, loss_fn: Callable[..., torch.Tensor], ages: torch.Tensor, **targets) -> torch.Tensor:
-        """``lam * loss_fn(ages, **targets) + (1 - lam) * loss_fn(the partners' ages, **their targets)``.
-        Per-image targets (tensors with a batch dimension: a teacher's distributions of the unblended images)
-        are taken from the partners too; a teacher that saw the blended batch is passed as ``blended``
-        (not permuted: its answer is already about the blend)."""
-        blended = targets.pop("blended", {})
+    def loss(self, loss_fn: Callable[..., torch.Tensor], ages: torch.Tensor, per_image: dict | None = None,
+             **shared) -> torch.Tensor:
+        """``lam * loss_fn(ages, ...) + (1 - lam) * loss_fn(the partners' ages, ...)``. ``per_image``: targets
+        ``(B, ...)`` of the unblended images (a teacher's distributions), taken from the partners in the second
+        term; ``shared``: passed to both as they are (a weight, or a teacher that saw the blended batch)."""
+        per_image = per_image or {}
+        if self.partner is None:
+            return loss_fn(ages, **per_image, **shared)
         partner = self.partner.to(ages.device)
-        theirs = {k: v[partner] if isinstance(v, torch.Tensor) and v.dim() > 0 and len(v) == len(ages) else v
-                  for k, v in targets.items()}
-        return self.lam * loss_fn(ages, **targets, **blended) + (1 - self.lam) * loss_fn(ages[partner], **theirs,
-                                                                                          **blended)
+        theirs = {k: v[partner] for k, v in per_image.items()}
+        return self.lam * loss_fn(ages, **per_image, **shared) + (1 - self.lam) * loss_fn(ages[partner], **theirs,
+                                                                                           **shared)
 
 
 def _train_step(ctx: TrainContext, batch: Batch, lr: float) -> float:
@@ -464,31 +470,23 @@ def _train_step(ctx: TrainContext, batch: Batch, lr: float) -> float:
         x = x.contiguous(memory_format=torch.channels_last)
     for group in optimizer.param_groups:
         group["lr"] = lr * group.get("lr_mult", 1.0)
-    mix = Mixup.draw(config.mixup_alpha, len(ages)) if config.mixup_alpha > 0 else None
-    if mix is not None:
-        x = mix.images(x)
+    mix = Mixup.draw(config.mixup_alpha, len(ages))
+    x = mix.images(x)
     with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=ctx.use_amp):
         outputs = ctx.train_model(x)
     if ctx.aux is not None:  # MultiTaskModel: (age head outputs, gender/race logits)
         outputs, aux_logits = outputs
-    targets = {}
-    if ctx.teacher_models:  # online distillation: the teachers' distributions of this very (augmented) view
-        targets = {"teacher_probs": _teach(ctx, x), "teacher_weight": config.teacher_weight}
+    per_image, shared = {}, {}
+    if ctx.teacher_models:  # online distillation: the teachers' distributions of this very (blended) view
+        shared = {"teacher_probs": _teach(ctx, x), "teacher_weight": config.teacher_weight}
     elif ctx.teacher_probs is not None:  # distillation: the ensemble's distributions of these training images
-        targets = {"teacher_probs": ctx.teacher_probs[batch.index].to(ctx.device),
-                   "teacher_weight": config.teacher_weight}
-    aux_targets = ctx.aux_targets[batch.index].to(ctx.device) if ctx.aux is not None else None
-    if mix is None:
-        loss = model.loss(outputs, ages, **targets)
-        if ctx.aux is not None:
-            loss = loss + config.aux_weight * aux_loss(aux_logits, aux_targets)
-    else:
-        if ctx.teacher_models:  # the online teachers saw the blended batch
-            targets = {"blended": targets}
-        loss = mix.loss(lambda a, **t: model.loss(outputs, a, **t), ages, **targets)
-        if ctx.aux is not None:
-            loss = loss + config.aux_weight * mix.loss(lambda _, labels: aux_loss(aux_logits, labels), ages,
-                                                       labels=aux_targets)
+        per_image = {"teacher_probs": ctx.teacher_probs[batch.index].to(ctx.device)}
+        shared = {"teacher_weight": config.teacher_weight}
+    loss = mix.loss(lambda a, **t: model.loss(outputs, a, **t), ages, per_image, **shared)
+    if ctx.aux is not None:
+        labels = ctx.aux_targets[batch.index].to(ctx.device)
+        loss = loss + config.aux_weight * mix.loss(lambda _, labels: aux_loss(aux_logits, labels), ages,
+                                                   {"labels": labels})
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if config.grad_clip > 0:
