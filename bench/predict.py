@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from deepage.answers import read_batch
 from deepage.inference.predictor import DEFAULT_INT8_MODEL, DEFAULT_MODEL, Predictor, load_rgb
 from deepage.preprocessing import images_to_batch
 
@@ -55,9 +56,9 @@ def bench(model: Path, image: Path, runs: int, warmup: int,
         if first.error or len(first.faces) != 1:
             raise SystemExit(f"expected one face in {image}, got {first.error or len(first.faces)}")
         chip = predictor.aligner.align_largest(load_rgb(image)[0])
-        x = images_to_batch([chip], predictor.spec.preprocessing)
+        x = images_to_batch([chip], predictor.spec.preprocessing).numpy()
         fns[f"{backend}/e2e"] = lambda p=predictor: p.predict_one(image)
-        fns[f"{backend}/model"] = lambda p=predictor, x=x: p._head.predict(p._logits(x))
+        fns[f"{backend}/model"] = lambda p=predictor, x=x: read_batch(p._logits, p._read, x)
     times = _interleaved_ms(fns, runs, warmup)
     return {b: {"p50": float(np.percentile(times[f"{b}/e2e"], 50)),
                 "p95": float(np.percentile(times[f"{b}/e2e"], 95)),

@@ -4,9 +4,11 @@ Evaluation (:func:`deepage.evaluation.predictions.collect_predictions`), the
 :class:`~deepage.inference.predictor.Predictor` and through it the HTTP service all read a model's answer
 with :func:`answer_batch`, so flip test-time augmentation and the reported interval are computed in one
 place. The network is given as a function ``logits(x)`` (a PyTorch model, or an ONNX Runtime session
-wrapped in one) and the head's ``predict``, so both backends share the path.
+wrapped in one) and the head's reader (``model.read``, or :func:`deepage.readout.reader_for` built from a
+spec), which turns its outputs into answers in NumPy, so both backends share the path. The module imports
+no torch: a PyTorch input is handled as a tensor only when one is given.
 
->>> answers = answer_batch(model, model.predict, x, tta_flip=True)       # doctest: +SKIP
+>>> answers = answer_batch(model, model.read, x, tta_flip=True)          # doctest: +SKIP
 >>> answers.age.shape, answers.age_interval.shape                         # doctest: +SKIP
 ((32,), (32, 2))
 """
@@ -15,18 +17,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
+from typing import Any
 
 import numpy as np
-import torch
 
-from .models.heads import INTERVAL_QUANTILES, HeadOutput, age_quantiles, average_outputs
+from .readout import INTERVAL_QUANTILES, ReadOut, age_quantiles, average_readouts
 
-__all__ = ["Answers", "answer_batch", "head_output", "INTERVAL_QUANTILES", "AgeGate", "p_at_least", "decide",
+__all__ = ["Answers", "answer_batch", "read_batch", "INTERVAL_QUANTILES", "AgeGate", "p_at_least", "decide",
            "choose_age_gate", "check_adult_age", "DECISIONS", "DEFAULT_ADULT_AGE", "DEFAULT_MAX_MINORS_PASSED",
-           "DEFAULT_MAX_ADULTS_HELD"]
+           "DEFAULT_MAX_ADULTS_HELD", "mirror"]
 
-Logits = Callable[[torch.Tensor], torch.Tensor]
-HeadPredict = Callable[[torch.Tensor], HeadOutput]
+Logits = Callable[[Any], Any]
+"""``x (B, 3, H, W)`` → ``(B, K)`` outputs: NumPy arrays, or PyTorch tensors for a PyTorch model."""
+Read = Callable[[np.ndarray], ReadOut]
 
 
 @dataclass
@@ -50,27 +53,37 @@ class Answers:
         return len(next(iter(self.class_probs.values()))) if self.class_probs else 0
 
 
-def head_output(logits: Logits, predict: HeadPredict, x: torch.Tensor, tta_flip: bool = False) -> HeadOutput:
+def mirror(x):
+    """``x (B, C, H, W)`` mirrored left-right: a PyTorch tensor stays one, a NumPy array comes back contiguous."""
+    if isinstance(x, np.ndarray):
+        return np.ascontiguousarray(x[..., ::-1])
+    return x.flip(dims=[3])
+
+
+def _as_numpy(outputs) -> np.ndarray:
+    """A model's ``(B, K)`` outputs (a NumPy array or a PyTorch tensor, any device and float type) in float32."""
+    if not isinstance(outputs, np.ndarray):
+        outputs = outputs.detach().float().cpu().numpy()
+    return np.asarray(outputs, np.float32)
+
+
+def read_batch(logits: Logits, read: Read, x, tta_flip: bool = False) -> ReadOut:
     """``x (B, 3, H, W)`` normalised → the head's answer; ``tta_flip`` averages the answers for the images
     and their mirror images (twice the model cost)."""
-    with torch.inference_mode():
-        out = predict(logits(x))
-        if tta_flip:
-            out = average_outputs(out, predict(logits(torch.flip(x, dims=[3]))))
+    out = read(_as_numpy(logits(x)))
+    if tta_flip:
+        out = average_readouts(out, read(_as_numpy(logits(mirror(x)))))
     return out
 
 
-def answer_batch(logits: Logits, predict: HeadPredict, x: torch.Tensor, tta_flip: bool = False) -> Answers:
-    """:func:`head_output` read into :class:`Answers` (float32 as the model gives them; the interval from
+def answer_batch(logits: Logits, read: Read, x, tta_flip: bool = False) -> Answers:
+    """:func:`read_batch` read into :class:`Answers` (float32 as the model gives them; the interval from
     the age distribution in float64)."""
-    out = head_output(logits, predict, x, tta_flip)
-    interval = p = None
+    out = read_batch(logits, read, x, tta_flip)
+    interval = None
     if out.age_probs is not None:
-        p = out.age_probs.float().cpu().numpy()
-        interval = np.stack([age_quantiles(p, q) for q in INTERVAL_QUANTILES], axis=1)
-    age = None if out.age is None else out.age.float().cpu().numpy()
-    return Answers(age=age, age_interval=interval,
-                   class_probs={k: v.float().cpu().numpy() for k, v in out.class_probs.items()}, age_probs=p)
+        interval = np.stack([age_quantiles(out.age_probs, q) for q in INTERVAL_QUANTILES], axis=1)
+    return Answers(age=out.age, age_interval=interval, class_probs=dict(out.class_probs), age_probs=out.age_probs)
 
 
 # ---- minor or adult: P(age >= A) and a decision at two thresholds chosen on validation data --------------

@@ -4,6 +4,9 @@ Contents: ``format``, ``spec`` (model name, arguments, head, label scheme, prepr
 ``split_fingerprint``, ``metrics``, ``versions``, for resumable ones the training state (``optimizer``,
 ``step``, ``epoch``, ``rng``, ...), and once ``deepage calibrate`` has run, ``age_gates``: adult age (as a
 string) → an :class:`~deepage.answers.AgeGate` dict. Written atomically: temp file, fsync, rename.
+
+The module imports torch only in the functions that need it, so :func:`read_age_gates` serves an ONNX
+graph's record without loading PyTorch.
 """
 
 from __future__ import annotations
@@ -13,12 +16,16 @@ import logging
 import os
 import platform
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from . import __version__
 from .answers import AgeGate
-from .models.registry import AgeModel, ModelSpec, build_from_spec
+from .spec import ModelSpec
+
+if TYPE_CHECKING:
+    import torch
+
+    from .models.registry import AgeModel
 
 __all__ = ["save_checkpoint", "load_checkpoint", "model_from_checkpoint", "versions", "FORMAT", "AGE_GATES_KEY",
            "weights_digest", "read_age_gates"]
@@ -31,6 +38,7 @@ AGE_GATES_KEY = "age_gates"
 
 def versions() -> dict:
     import timm
+    import torch
 
     return {"deepage": __version__, "torch": str(torch.__version__), "timm": str(timm.__version__),
             "python": platform.python_version()}
@@ -38,6 +46,8 @@ def versions() -> dict:
 
 def save_checkpoint(path: str | Path, payload: dict) -> None:
     """Write ``payload`` (plus format and versions) atomically to ``path``."""
+    import torch
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": FORMAT, "versions": versions(), **payload}
@@ -51,6 +61,8 @@ def save_checkpoint(path: str | Path, payload: dict) -> None:
 
 def load_checkpoint(path: str | Path) -> dict:
     """Read a checkpoint without executing code; a clear error for anything that is not one."""
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} not found")
@@ -88,6 +100,8 @@ def _weights_mismatch(expected: dict, given: dict, shown: int = 3) -> str:
 def model_from_checkpoint(path_or_ckpt: str | Path | dict, name: str | Path | None = None) -> AgeModel:
     """Rebuild the model a checkpoint describes and load its weights; returned in eval mode. Weights that do
     not fit the model raise ``ValueError`` naming ``name`` (the path when one is given) and a few keys."""
+    from .models.registry import build_from_spec
+
     ckpt = path_or_ckpt if isinstance(path_or_ckpt, dict) else load_checkpoint(path_or_ckpt)
     name = name or (path_or_ckpt if not isinstance(path_or_ckpt, dict) else "checkpoint")
     model = build_from_spec(ModelSpec.from_dict(ckpt["spec"]), pretrained=False)
@@ -102,6 +116,8 @@ def model_from_checkpoint(path_or_ckpt: str | Path | dict, name: str | Path | No
 def weights_digest(state_dict: dict[str, torch.Tensor]) -> str:
     """16 hex digits of SHA-256 over a state dict's names, dtypes, shapes and values: ties an operating
     point (:class:`~deepage.answers.AgeGate`) to the weights it was chosen for."""
+    import torch
+
     h = hashlib.sha256()
     for name in sorted(state_dict):
         t = state_dict[name].detach().cpu().contiguous()

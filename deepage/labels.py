@@ -17,7 +17,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 __all__ = ["LabelScheme", "get_scheme", "list_schemes", "MAX_AGE", "AGE_BINS"]
 
@@ -56,21 +55,24 @@ class LabelScheme:
         out.append(f"{edges[-1]}+")
         return tuple(out)
 
-    def classify(self, ages: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
-        """Class index of each age (years); same array type as the input, int64."""
-        if isinstance(ages, torch.Tensor):
+    def classify(self, ages):
+        """Class index of each age (years): a NumPy array (or anything array-like) → ``np.ndarray``, a
+        ``torch.Tensor`` → a tensor on its device; int64 either way."""
+        if type(ages).__module__.startswith("torch"):  # a tensor: torch is loaded already (not imported here)
+            import torch
+
             edges = torch.tensor(self.lower_edges[1:], dtype=ages.dtype, device=ages.device)
             return torch.bucketize(ages, edges, right=True).long()
         ages = np.asarray(ages)
         return np.searchsorted(np.asarray(self.lower_edges[1:]), ages, side="right").astype(np.int64)
 
-    def age_to_class_matrix(self, max_age: int = MAX_AGE) -> torch.Tensor:
-        """``(max_age + 1, C)`` 0/1 matrix: row ``a`` is one-hot of the class of age ``a``.
+    def age_to_class_matrix(self, max_age: int = MAX_AGE) -> np.ndarray:
+        """``(max_age + 1, C)`` float32 0/1 matrix: row ``a`` is one-hot of the class of age ``a``.
 
         Multiplying ``(B, max_age + 1)`` age probabilities by it sums the mass per class.
         """
-        classes = self.classify(torch.arange(max_age + 1))
-        return torch.nn.functional.one_hot(classes, self.num_classes).float()
+        classes = self.classify(np.arange(max_age + 1))
+        return np.eye(self.num_classes, dtype=np.float32)[classes]
 
     def to_dict(self) -> dict:
         return {"name": self.name, "lower_edges": list(self.lower_edges)}

@@ -12,21 +12,28 @@ Pipeline for a batch ``(B, S, S, 3) uint8 RGB`` (``S`` = ``stored_size``, the in
 
 Both steps are linear in the pixel values, so their order does not change the result; doing them on
 whole batches is what lets two CPU cores feed thousands of images a second.
+
+Where the evaluation transform is a plain crop (the stored pixels' own centres: the bundled model's
+central 150 of 160 px), :func:`prepare_eval_batch` computes it in NumPy, and :func:`prepare_batch` calls it
+for that case: the module imports torch only when a transform needs it, so prediction with an ONNX graph
+runs without PyTorch.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from .imageio import square_resize, to_rgb_uint8
 
+if TYPE_CHECKING:
+    import torch
+
 __all__ = ["Preprocessing", "Augmentation", "TRAIN_AUGMENTATION", "IMAGENET_MEAN", "IMAGENET_STD", "NORMALIZATIONS",
-           "prepare_batch", "images_to_batch", "input_to_stored"]
+           "prepare_batch", "prepare_eval_batch", "images_to_batch", "input_to_stored"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -87,12 +94,29 @@ class Augmentation:
 TRAIN_AUGMENTATION = Augmentation()
 
 
+def _eval_theta(pre: Preprocessing) -> np.ndarray:
+    """``(2, 3)`` float32: the evaluation transform's sampling matrix (the central ``crop_pct`` of the side) in
+    ``affine_grid``'s normalised coordinates."""
+    return np.array([[pre.crop_pct, 0, 0], [0, pre.crop_pct, 0]], np.float32)
+
+
+def _eval_colour(pre: Preprocessing) -> tuple[np.ndarray, np.ndarray]:
+    """``(3,)`` float32 ``scale, shift`` per channel: the evaluation input is ``scale * x + shift`` for uint8
+    values ``x`` (the /255 and the normalisation, without jitter)."""
+    scale, shift = np.full(3, 1 / 255.0, np.float32), np.zeros(3, np.float32)
+    stats = NORMALIZATIONS[pre.normalization]
+    if stats is not None:
+        mean, std = np.array(stats[0], np.float32), np.array(stats[1], np.float32)
+        scale, shift = scale / std, (shift - mean) / std
+    return scale, shift
+
+
 def _affine(batch: int, pre: Preprocessing, aug: Augmentation | None, gen: torch.Generator | None) -> torch.Tensor:
     """``(B, 2, 3)`` sampling matrices in ``affine_grid``'s normalised coordinates."""
+    import torch
+
     if aug is None:
-        theta = torch.zeros(batch, 2, 3)
-        theta[:, 0, 0] = theta[:, 1, 1] = pre.crop_pct
-        return theta
+        return torch.from_numpy(_eval_theta(pre)).expand(batch, 2, 3).clone()
 
     def uniform(lo: float, hi: float) -> torch.Tensor:
         return lo + (hi - lo) * torch.rand(batch, generator=gen)
@@ -122,7 +146,13 @@ def _colour_coefficients(images: torch.Tensor, pre: Preprocessing, aug: Augmenta
     brightness (``*b``), the /255 and the normalisation are all affine in the pixel values, so they fold
     into these three coefficients and cost two passes over the batch instead of eight.
     """
+    import torch
+
     b, device = images.shape[0], images.device
+    shape = (b, 3, 1, 1)
+    if aug is None:
+        scale, shift = (torch.from_numpy(v).to(device).view(1, 3, 1, 1).expand(shape) for v in _eval_colour(pre))
+        return scale, torch.zeros(shape, device=device), shift
     sat = con = bri = torch.ones(b)
     mean_grey = torch.zeros(b, device=device)
     if aug is not None:
@@ -140,7 +170,6 @@ def _colour_coefficients(images: torch.Tensor, pre: Preprocessing, aug: Augmenta
     if stats is not None:
         mean, std = torch.tensor(stats[0], device=device), torch.tensor(stats[1], device=device)
         a, g, c = a / std, g / std, (c - mean) / std
-    shape = (b, 3, 1, 1)
     return a.reshape(shape), g.reshape(shape), c.reshape(shape)
 
 
@@ -157,6 +186,8 @@ def _pixel_aligned_offset(width: int, height: int, pre: Preprocessing) -> int | 
 def _sampling_grid(theta: torch.Tensor, size: int) -> torch.Tensor:
     """``affine_grid(theta, (B, 3, size, size), align_corners=False)`` by broadcasting: the library
     version runs a (H*W x 3) @ (3 x 2) matmul per image, several times slower on the CPU."""
+    import torch
+
     base = (torch.arange(size, dtype=torch.float32, device=theta.device) * 2 + 1) / size - 1  # pixel centres
     bx, by = base.view(1, 1, size), base.view(1, size, 1)
     t = theta.view(-1, 2, 3, 1, 1)
@@ -165,23 +196,47 @@ def _sampling_grid(theta: torch.Tensor, size: int) -> torch.Tensor:
     return torch.stack([grid_x, grid_y], dim=-1)
 
 
+def _check_images(images, name: str = "images") -> None:
+    if str(images.dtype) not in ("uint8", "torch.uint8") or images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"expected (B, S, S, 3) uint8 RGB {name}, got {tuple(images.shape)} {images.dtype}")
+
+
+def prepare_eval_batch(images: np.ndarray, pre: Preprocessing) -> np.ndarray:
+    """``(B, S, S, 3) uint8 RGB`` NumPy → ``(B, 3, input_size, input_size) float32``: the evaluation transform
+    of :func:`prepare_batch`, the same values. A plain crop (:func:`_pixel_aligned_offset`) is computed here
+    without torch; any other size goes through :func:`prepare_batch` (imports torch)."""
+    _check_images(images)
+    offset = _pixel_aligned_offset(images.shape[2], images.shape[1], pre)
+    if offset is None:
+        import torch
+
+        return prepare_batch(torch.from_numpy(np.ascontiguousarray(images)), pre).numpy()
+    side = pre.input_size
+    scale, shift = _eval_colour(pre)
+    crop = images[:, offset:offset + side, offset:offset + side, :].transpose(0, 3, 1, 2)
+    out = crop.astype(np.float32, order="C")  # (B, 3, side, side)
+    out *= scale[:, None, None]
+    out += shift[:, None, None]
+    return out
+
+
 def prepare_batch(images: torch.Tensor, pre: Preprocessing, augment: Augmentation | None = None,
                   generator: torch.Generator | None = None) -> torch.Tensor:
     """``(B, S, S, 3) uint8 RGB`` → ``(B, 3, input_size, input_size) float32``, normalised.
 
     ``augment=None`` gives the deterministic evaluation transform.
     """
-    if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-        raise ValueError(f"expected (B, S, S, 3) uint8 RGB images, got {tuple(images.shape)} {images.dtype}")
+    import torch
+    import torch.nn.functional as F
+
+    _check_images(images)
     b, _, w, _ = images.shape
-    a, g, c = _colour_coefficients(images, pre, augment, generator)
-    offset = _pixel_aligned_offset(w, images.shape[1], pre) if augment is None else None
-    if offset is not None:
+    if augment is None and _pixel_aligned_offset(w, images.shape[1], pre) is not None:
         # The evaluation transform samples the stored pixels' own centres (the bundled model: the central
         # 150 of 160 px): the same values as grid_sample's, without a sampling grid; 1-2.7 ms a face less.
-        side = pre.input_size
-        crop = images[:, offset:offset + side, offset:offset + side, :].permute(0, 3, 1, 2)
-        return crop.float().mul_(a).add_(c).contiguous()
+        # One implementation, in NumPy (zero-copy on the CPU).
+        return torch.from_numpy(prepare_eval_batch(images.cpu().numpy(), pre)).to(images.device)
+    a, g, c = _colour_coefficients(images, pre, augment, generator)
     x = images.permute(0, 3, 1, 2).float()  # (B, 3, S, S) values 0..255
     source_side = pre.input_size / pre.crop_pct
     if w > 1.5 * source_side:
@@ -201,6 +256,8 @@ def prepare_batch(images: torch.Tensor, pre: Preprocessing, augment: Augmentatio
 def images_to_batch(images: list, pre: Preprocessing) -> torch.Tensor:
     """Face crops (PIL images or ``(H, W[, 3|4])`` arrays, **RGB**) → evaluation batch
     ``(B, 3, input_size, input_size)``, resized exactly as ingest resized the training images."""
+    import torch
+
     stored = np.stack([square_resize(to_rgb_uint8(im), pre.stored_size) for im in images])
     return prepare_batch(torch.from_numpy(stored), pre)
 
@@ -208,6 +265,6 @@ def images_to_batch(images: list, pre: Preprocessing) -> torch.Tensor:
 def input_to_stored(points: np.ndarray, pre: Preprocessing) -> np.ndarray:
     """Points ``(N, 2)`` in model-input pixels → the pixels of the stored square they were sampled from by
     the evaluation transform of :func:`prepare_batch` (its own matrix, so the two cannot drift apart)."""
-    theta = _affine(1, pre, None, None)[0].double().numpy()  # (2, 3): normalised input → normalised stored
+    theta = _eval_theta(pre).astype(np.float64)  # (2, 3): normalised input → normalised stored
     u = 2 * np.asarray(points, np.float64) / pre.input_size - 1  # grid_sample, align_corners=False
     return ((u @ theta[:, :2].T + theta[:, 2]) + 1) * pre.stored_size / 2

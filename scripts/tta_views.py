@@ -41,7 +41,7 @@ def scores(probs: np.ndarray, ages: np.ndarray) -> dict[str, float]:
     row = {"mae": mae(ages, pred), "cs5": cumulative_score(ages, pred, 5)}
     for name in ("utk14", "utk8"):
         scheme = get_scheme(name)
-        masses = probs @ scheme.age_to_class_matrix().numpy()
+        masses = probs @ scheme.age_to_class_matrix()
         row[name] = float((masses.argmax(1) == scheme.classify(ages.astype(np.int64))).mean())
     return row
 

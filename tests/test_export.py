@@ -174,3 +174,33 @@ def test_the_default_predictor_takes_the_int8_graph_of_its_own_weights(int8_grap
     assert "exported from other weights" in caplog.text
     with pytest.raises(ValueError, match="exported from other weights"):
         Predictor.default(int8=True)
+
+
+def test_the_int8_graph_is_matched_to_its_checkpoint_by_file_hash_first(int8_graph, tiny_checkpoint, tmp_path,
+                                                                         monkeypatch):
+    """The graph records the .pt file's SHA-256: the same file needs no torch to be trusted; a re-saved file
+    with the same weights (e.g. calibrated again) is still matched, by its weights."""
+    from deepage import checkpoint
+    from deepage.checkpoint import load_checkpoint, save_checkpoint
+    from deepage.inference import predictor
+    from deepage.inference.onnx_graph import file_sha256, read_onnx_graph
+
+    assert read_onnx_graph(int8_graph).record["checkpoint_sha256"] == file_sha256(tiny_checkpoint)
+    monkeypatch.setattr(predictor, "DEFAULT_MODEL", tiny_checkpoint)
+    monkeypatch.setattr(predictor, "DEFAULT_INT8_MODEL", int8_graph)
+
+    def no_loading(*a, **k):
+        raise AssertionError("the checkpoint was loaded although its file hash matched")
+
+    with monkeypatch.context() as m:
+        m.setattr(checkpoint, "load_checkpoint", no_loading)
+        with Predictor.default(int8=True) as chosen:
+            assert chosen.checkpoint_path == int8_graph
+    resaved = tmp_path / "resaved.pt"
+    ckpt = load_checkpoint(tiny_checkpoint)
+    save_checkpoint(resaved, {**{k: v for k, v in ckpt.items() if k not in ("format", "versions")},
+                              "metrics": {"note": "saved again"}})
+    assert file_sha256(resaved) != file_sha256(tiny_checkpoint)
+    monkeypatch.setattr(predictor, "DEFAULT_MODEL", resaved)
+    with Predictor.default(int8=True) as chosen:
+        assert chosen.checkpoint_path == int8_graph

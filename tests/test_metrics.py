@@ -153,7 +153,7 @@ def _preds() -> Predictions:
     age_probs[np.arange(8), np.round(pred).astype(int)] = 1.0
     from deepage.labels import get_scheme
 
-    class_probs = {s: age_probs @ get_scheme(s).age_to_class_matrix().numpy() for s in ("utk14", "utk8")}
+    class_probs = {s: age_probs @ get_scheme(s).age_to_class_matrix() for s in ("utk14", "utk8")}
     return Predictions(age_true=ages, age_pred=pred, class_probs=class_probs, index=np.arange(8))
 
 

@@ -45,7 +45,7 @@ def collect_predictions(model: AgeModel, batches: Iterable[Batch], device: str |
         x = batch.x.to(device)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        out = answer_batch(model, model.predict, x, tta_flip)  # the Predictor's answer path too
+        out = answer_batch(model, model.read, x, tta_flip)  # the Predictor's answer path too
         if out.age_interval is not None:
             intervals.append(out.age_interval)
         if out.age_probs is not None:

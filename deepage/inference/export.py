@@ -24,26 +24,35 @@ import torch
 from .. import __version__
 from ..checkpoint import load_checkpoint, model_from_checkpoint, read_age_gates, weights_digest
 from ..models.registry import AgeModel
+from .onnx_graph import (
+    AGE_GATES_KEY,
+    FINGERPRINT_KEY,
+    FORMAT_KEY,
+    INPUT_NAME,
+    ONNX_FORMAT,
+    OUTPUT_NAME,
+    SOURCE_SHA256_KEY,
+    SPEC_KEY,
+    WEIGHTS_KEY,
+    OnnxGraph,
+    check_onnx_io,
+    file_sha256,
+    onnx_session,
+    read_onnx_graph,
+)
 
 __all__ = ["export_onnx", "check_onnx", "check_onnx_io", "model_to_onnx_bytes", "onnx_session", "SPEC_KEY",
            "checked_onnx_bytes", "onnx_cache_dir", "quantize_int8", "WEIGHTS_KEY", "FINGERPRINT_KEY",
            "INT8_MAX_AGE_CHANGE", "OnnxAgeModel", "onnx_model_and_record", "write_onnx_metadata",
-           "FORMAT_KEY", "ONNX_FORMAT",
+           "FORMAT_KEY", "ONNX_FORMAT", "SOURCE_SHA256_KEY",
            "OPSET", "INPUT_NAME", "OUTPUT_NAME", "AGE_GATES_KEY"]
 
 log = logging.getLogger(__name__)
 
 OPSET = 17
-SPEC_KEY = "deepage_spec"
-FORMAT_KEY = "deepage_format"
-AGE_GATES_KEY = "deepage_age_gates"
-WEIGHTS_KEY = "deepage_weights"  # checkpoint.weights_digest of the weights the graph was exported from
-FINGERPRINT_KEY = "deepage_split_fingerprint"
 INT8_MAX_AGE_CHANGE = 0.5
 """An int8 graph whose ages differ from the float graph's by more than this (mean over the calibration
 images, in years) is refused."""
-ONNX_FORMAT = "deepage-onnx/1"
-INPUT_NAME, OUTPUT_NAME = "input", "outputs"
 
 
 def model_to_onnx_bytes(model: AgeModel, metadata: dict[str, str] | None = None, opset: int = OPSET) -> bytes:
@@ -73,45 +82,6 @@ def model_to_onnx_bytes(model: AgeModel, metadata: dict[str, str] | None = None,
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     return proto.SerializeToString()
-
-
-def onnx_session(model: bytes | str | Path, threads: int | None = None):
-    """An ONNX Runtime CPU ``InferenceSession`` on a file or bytes; ``threads`` intra-op threads
-    (default: PyTorch's thread count, so both backends use the same cores)."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads or torch.get_num_threads()
-    opts.inter_op_num_threads = 1
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # No busy-waiting between ops: spinning threads took twice the CPU per image (3.2 s against 1.8 s per
-    # 1,000 images of the bundled model, batch 32) and were slower when the cores are shared, as they are
-    # with the Predictor's face-finding worker processes.
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    source = str(model) if isinstance(model, Path) else model
-    return ort.InferenceSession(source, sess_options=opts, providers=["CPUExecutionProvider"])
-
-
-def check_onnx_io(session, input_size: int, out_features: int, name: str | Path) -> None:
-    """Refuse (``ValueError`` naming ``name``) an ONNX session whose graph is not what its spec describes:
-    input :data:`INPUT_NAME` ``(B, 3, S, S)`` with ``S = input_size``, output :data:`OUTPUT_NAME` ``(B, K)``
-    with ``K = out_features``. A dimension the graph leaves symbolic is not held against it."""
-    inputs, outputs = session.get_inputs(), session.get_outputs()
-
-    def fits(shape, expected: list[int | None]) -> bool:
-        return len(shape) == len(expected) and all(e is None or not isinstance(d, int) or d == e
-                                                   for d, e in zip(shape, expected, strict=True))
-
-    def shown(args) -> str:
-        return ", ".join(f"{a.name} {list(a.shape)}" for a in args) or "none"
-
-    if len(inputs) != 1 or inputs[0].name != INPUT_NAME or not fits(inputs[0].shape, [None, 3, input_size,
-                                                                                       input_size]):
-        raise ValueError(f"{name}: the ONNX graph's input ({shown(inputs)}) does not fit its deepage spec, which "
-                         f"needs {INPUT_NAME} [B, 3, {input_size}, {input_size}]")
-    if not outputs or outputs[0].name != OUTPUT_NAME or not fits(outputs[0].shape, [None, out_features]):
-        raise ValueError(f"{name}: the ONNX graph's output ({shown(outputs)}) does not fit its deepage spec, "
-                         f"which needs {OUTPUT_NAME} [B, {out_features}]")
 
 
 def _max_difference(model: AgeModel, data: bytes, batch: int, seed: int = 0) -> float:
@@ -202,12 +172,13 @@ def export_onnx(checkpoint: str | Path, output: str | Path, opset: int = OPSET, 
     PyTorch; a largest absolute difference in the outputs above ``atol`` raises ``RuntimeError`` (nothing is
     written). ``int8_calibration``: ``(N, 3, S, S)`` preprocessed training images; the float graph is then
     quantised to int8 on them (:func:`quantize_int8`, checked there) and that is written. The file carries
-    the spec, the stored operating points, the weights' digest and the split fingerprint. Written atomically.
+    the spec, the stored operating points, the weights' digest, the checkpoint file's SHA-256 and the split
+fingerprint. Written atomically.
     """
     checkpoint, output = Path(checkpoint), Path(output)
     ckpt = load_checkpoint(checkpoint)
     model = model_from_checkpoint(ckpt, name=checkpoint)
-    metadata = {"deepage_checkpoint": checkpoint.name,
+    metadata = {"deepage_checkpoint": checkpoint.name, SOURCE_SHA256_KEY: file_sha256(checkpoint),
                 "deepage_metrics": json.dumps(ckpt.get("metrics") or {}, default=float),
                 WEIGHTS_KEY: weights_digest(ckpt["state_dict"]),
                 FINGERPRINT_KEY: str(ckpt.get("split_fingerprint", "unknown"))}
@@ -281,8 +252,9 @@ def checked_onnx_bytes(model: AgeModel, checkpoint: str | Path, opset: int = OPS
 
 class OnnxAgeModel(torch.nn.Module):
     """An exported ``.onnx`` file (float or int8) behind the interface evaluation uses: ``spec``,
-    ``forward`` ``(B, 3, S, S)`` → ``(B, K)`` logits (run by ONNX Runtime), ``predict`` (the head's, rebuilt
-    from the spec: it has no weights that ``predict`` uses). So ``deepage evaluate`` scores what ships."""
+    ``forward`` ``(B, 3, S, S)`` → ``(B, K)`` logits (run by ONNX Runtime), ``predict`` and ``read`` (the
+    head's, rebuilt from the spec: it has no weights that answering uses). So ``deepage evaluate`` scores
+    what ships."""
 
     def __init__(self, session, spec) -> None:
         from ..models.heads import create_head
@@ -298,45 +270,23 @@ class OnnxAgeModel(torch.nn.Module):
     def predict(self, outputs: torch.Tensor):
         return self.head.predict(outputs)
 
+    def read(self, outputs: np.ndarray):
+        return self.head.read(outputs)
+
 
 def onnx_model_and_record(path: str | Path, threads: int | None = None) -> tuple[OnnxAgeModel, dict]:
     """An ``.onnx`` file written by ``deepage export`` as an :class:`OnnxAgeModel` (``threads`` intra-op
-    threads) and a checkpoint-like record of its metadata: ``spec``, ``split_fingerprint``, ``metrics``,
-    ``age_gates`` and ``weights_digest`` (the digest of the weights it was exported from, ``None`` for files
-    written before it was stored), so :func:`~deepage.checkpoint.read_age_gates` checks its operating points
-    as it checks a checkpoint's. A file that is not one, or whose metadata is malformed, raises ``ValueError``
-    naming it; its input and output shapes are checked against its spec before any prediction."""
-    from ..models.registry import ModelSpec
-
-    path = Path(path)
+    threads) and its record (:class:`~deepage.inference.onnx_graph.OnnxGraph`'s: ``spec``,
+    ``split_fingerprint``, ``metrics``, ``age_gates``, ``weights_digest``, ...), so
+    :func:`~deepage.checkpoint.read_age_gates` checks its operating points as it checks a checkpoint's.
+    A file that is not one, or whose metadata is malformed, raises ``ValueError`` naming it."""
+    graph: OnnxGraph = read_onnx_graph(path, threads)
     try:
-        session = onnx_session(path, threads)
-    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
-        raise ValueError(f"{path} is not a readable ONNX model ({exc})") from exc
-    meta = session.get_modelmeta().custom_metadata_map
-    if SPEC_KEY not in meta:
-        raise ValueError(f"{path} has no {SPEC_KEY!r} metadata: export it with `deepage export`")
-    try:
-        spec = ModelSpec.from_dict(json.loads(meta[SPEC_KEY]))
-        model = OnnxAgeModel(session, spec)
+        model = OnnxAgeModel(graph.session, graph.spec)
     except (ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"{path}: its {SPEC_KEY!r} metadata is not a valid model spec "
                          f"({type(exc).__name__}: {exc})") from exc
-    check_onnx_io(session, spec.preprocessing.input_size, model.head.out_features, path)
-    try:
-        gates = json.loads(meta.get(AGE_GATES_KEY) or "{}")
-        if not isinstance(gates, dict):
-            raise TypeError(f"a {type(gates).__name__}, not a table")
-    except (ValueError, TypeError) as exc:
-        raise ValueError(f"{path}: its {AGE_GATES_KEY!r} metadata is not a set of operating points "
-                         f"({type(exc).__name__}: {exc})") from exc
-    try:
-        metrics = json.loads(meta.get("deepage_metrics") or "{}")
-    except ValueError:
-        metrics = {}  # informative only: a file whose metrics do not parse still answers
-    record = {"spec": spec.to_dict(), "split_fingerprint": meta.get(FINGERPRINT_KEY, "unknown"),
-              "metrics": metrics, "age_gates": gates, "weights_digest": meta.get(WEIGHTS_KEY)}
-    return model, record
+    return model, graph.record
 
 
 def write_onnx_metadata(source: str | Path, output: str | Path, entries: dict[str, str]) -> Path:

@@ -3,8 +3,12 @@
 Per image (:mod:`deepage.crops`, in worker processes with ``workers > 1``): decode (EXIF orientation
 applied, **RGB**), find every face and cut its UTKFace-style chip (:mod:`deepage.faces`), resized as ingest
 resized the training images. Then, on batches of crops from several images: the checkpoint's own
-preprocessing (:func:`deepage.preprocessing.prepare_batch`, exactly as in training), the model (PyTorch or
-ONNX Runtime) and :func:`deepage.answers.answer_batch`, the answer path evaluation uses too.
+preprocessing (:func:`deepage.preprocessing.prepare_eval_batch`, exactly as in evaluation), the model
+(PyTorch or ONNX Runtime) and :func:`deepage.answers.answer_batch`, the answer path evaluation uses too.
+
+With an ONNX graph (the bundled int8 model: :meth:`Predictor.default`) nothing here imports torch: the
+spec, the preprocessing and the head's answers are NumPy (:mod:`deepage.readout`), which saves about 4 s
+of every fresh ``deepage predict`` on a 2-core host. A ``.pt`` checkpoint loads PyTorch as before.
 
 >>> predictor = Predictor.from_checkpoint("runs/mobilenet_v2_dex/best.pt")   # doctest: +SKIP
 >>> result = predictor.predict_one("photo.jpg")                             # doctest: +SKIP
@@ -17,6 +21,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import multiprocessing as mp
+import sys
 import threading
 from collections import deque
 from collections.abc import Iterable, Iterator, Sized
@@ -27,20 +32,24 @@ from dataclasses import dataclass, field
 from functools import partial
 from itertools import islice
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image
 
 from ..answers import DEFAULT_ADULT_AGE, INTERVAL_QUANTILES, AgeGate, Answers, answer_batch, check_adult_age, p_at_least
-from ..checkpoint import load_checkpoint, model_from_checkpoint, read_age_gates, weights_digest
+from ..checkpoint import read_age_gates
 from ..crops import Crop, CropMaker, PreparedImage, init_worker, load_rgb, worker_prepare_many
 from ..faces import FaceAligner
 from ..labels import get_scheme
-from ..models.heads import create_head
-from ..models.registry import ModelSpec
-from ..preprocessing import Preprocessing, input_to_stored, prepare_batch
+from ..preprocessing import Preprocessing, input_to_stored, prepare_eval_batch
+from ..readout import reader_for
+from ..spec import ModelSpec
+from .onnx_graph import INPUT_NAME, OUTPUT_NAME, cpu_threads, file_sha256, read_onnx_graph
 from .workers import AUTO, resolve_workers, spawn_problem
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["Predictor", "ImagePrediction", "FacePrediction", "GroupPrediction", "load_rgb", "DEFAULT_MODEL",
            "INTERVAL_QUANTILES", "BACKENDS", "resolve_backend"]
@@ -139,10 +148,13 @@ def _as_iterable(images) -> Iterable:
 
 
 # ---- reading the model's answer -----------------------------------------------------------------------
-def _class_names(head: torch.nn.Module, scheme: str) -> tuple[str, ...]:
-    own = getattr(head, "scheme", None)
-    if own is not None and own.name == scheme:
-        return own.names
+def _class_names(spec: ModelSpec, scheme: str) -> tuple[str, ...]:
+    """The class names of ``scheme`` (a name the answers carry): a classes head's own scheme, which may be
+    custom, or a built-in one."""
+    if spec.head == "classes" and spec.scheme is not None:
+        own = get_scheme(spec.scheme)
+        if own.name == scheme:
+            return own.names
     return get_scheme(scheme).names
 
 
@@ -162,7 +174,7 @@ def model_threads(workers: int) -> int | None:
     workers keep their cores busy; model threads on the same cores only take turns with them (2 workers on
     2 cores, two alternating runs each: 4.1-4.5 ms of main-process CPU per photo with one thread, 5.3-6.2 ms
     with two; 67.8-71.9 photos per second against 65.3-68.6)."""
-    return max(1, torch.get_num_threads() - workers) if workers > 1 else None
+    return max(1, cpu_threads() - workers) if workers > 1 else None
 
 
 @contextmanager
@@ -173,7 +185,12 @@ def torch_threads(n: int | None) -> Iterator[None]:
     a torch model) runs on the cores they leave (:func:`model_threads`): with its default threads it spent
     6.7 ms of CPU per UTKFace chip instead of 2.9 (2 workers on 2 cores, the bundled int8 graph), its idle
     threads spinning for work. The setting is per process: other PyTorch work running in other threads of
-    the caller's process during the block gets it too."""
+    the caller's process during the block gets it too. Where torch is not loaded (an ONNX graph answering)
+    there is no PyTorch work to bound, and torch is not imported for it."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        yield
+        return
     before = torch.get_num_threads()
     if n is None or n == before:
         yield
@@ -239,7 +256,7 @@ class Predictor:
                  model: torch.nn.Module | None = None, session=None, detect: bool = True, device: str = "cpu",
                  aligner: FaceAligner | None = None, tta: bool = False, workers: int | str = 1,
                  adult_age: int | str | None = AUTO, age_gates: dict[int, AgeGate] | None = None,
-                 weights_digest: str | None = None) -> None:
+                 weights_digest: str | None = None, source_sha256: str | None = None) -> None:
         if backend not in ("torch", "onnx"):
             raise ValueError(f"backend must be 'torch' or 'onnx' here (resolve 'auto' first), got {backend!r}")
         if (session if backend == "onnx" else model) is None:
@@ -247,11 +264,12 @@ class Predictor:
         self.spec = spec
         self.checkpoint_path = Path(checkpoint_path)
         self.backend = backend
-        # an .onnx file's record of the weights it was exported from (None for a .pt: they are its own)
-        self.weights_digest = weights_digest
+        # an .onnx file's record of the weights it was exported from, and of the .pt file's SHA-256 (None for
+        # a .pt: they are its own)
+        self.weights_digest, self.source_sha256 = weights_digest, source_sha256
         self.detect = detect
         self.tta = tta  # average each face with its mirror image (2x the model cost)
-        self.device = torch.device(device)
+        self.device = str(device)
         self.workers = resolve_workers(workers)
         self._auto_workers = workers == AUTO
         self._pool_size = 0
@@ -259,11 +277,9 @@ class Predictor:
         self.age_gate = self._choose_gate(adult_age)
         self._model = model  # kept with the onnx backend too (from a .pt): attended regions need it
         self._session = session
-        # The head turns logits into ages and groups; it has no weights that predict uses, so for ONNX a
-        # freshly built one answers exactly as the trained one does.
-        self._head = model.head if model is not None else create_head(spec.head, 1, scheme=spec.scheme,
-                                                                       **spec.head_kwargs)
-        self._head.eval()
+        # The head's reader turns outputs into ages and groups (NumPy); the head has no weights it uses, so
+        # for ONNX the reader built from the spec answers exactly as the trained head does.
+        self._read = model.read if model is not None else reader_for(spec.head, spec.scheme, **spec.head_kwargs)
         self.aligner = aligner or FaceAligner(output_size=200)
         self._lock = threading.Lock()  # model calls
         self._pool_lock = threading.Lock()
@@ -273,7 +289,10 @@ class Predictor:
     def age_estimate(self) -> str:
         """How the head turns an age distribution into one age (``"median"`` or ``"mean"``; ``"mean"`` for
         heads without the choice): video tracks fuse distributions and answer the same way."""
-        return getattr(self._head, "estimate", "mean")
+        if self.spec.head != "dex":
+            return "mean"
+        head = getattr(self._model, "head", None)
+        return getattr(head, "estimate", None) or self.spec.head_kwargs.get("estimate", "median")
 
     # ---- construction --------------------------------------------------------------------------------
     @classmethod
@@ -297,11 +316,12 @@ class Predictor:
             if backend != "onnx":
                 raise ValueError(f"{path} is an ONNX file: use backend='onnx' or 'auto' (--backend onnx), or "
                                  "give the .pt checkpoint for the torch backend")
-            from .export import onnx_model_and_record
+            graph = read_onnx_graph(path, model_threads(n_workers))  # no torch: see the module's notes
+            return cls(graph.spec, path, "onnx", session=graph.session, age_gates=read_age_gates(graph.record, path),
+                       weights_digest=graph.record["weights_digest"],
+                       source_sha256=graph.record["checkpoint_sha256"], **kw)
+        from ..checkpoint import load_checkpoint, model_from_checkpoint
 
-            graph, record = onnx_model_and_record(path, model_threads(n_workers))
-            return cls(graph.spec, path, "onnx", session=graph.session, age_gates=read_age_gates(record, path),
-                       weights_digest=record["weights_digest"], **kw)
         ckpt = load_checkpoint(path)
         model = model_from_checkpoint(ckpt, name=path).to(device)
         kw["age_gates"] = read_age_gates(ckpt, path)
@@ -336,12 +356,12 @@ class Predictor:
         if int8 not in (True, False, AUTO):
             raise ValueError(f"int8 must be True, False or 'auto', got {int8!r}")
         backend, device = kw.get("backend", "auto"), str(kw.get("device", "cpu"))
-        have_ort = all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxruntime"))
+        have_ort = importlib.util.find_spec("onnxruntime") is not None  # a graph needs no `onnx` package
         wanted = int8 is True or (int8 == AUTO and backend != "torch" and device == "cpu" and have_ort
                                   and DEFAULT_INT8_MODEL.is_file())  # a copy without it: the float model, quietly
         if wanted:
             predictor = cls.from_checkpoint(DEFAULT_INT8_MODEL, **{**kw, "backend": "onnx"})
-            problem = _int8_problem(predictor.weights_digest)
+            problem = _int8_problem(predictor.weights_digest, predictor.source_sha256)
             if problem is None:
                 return predictor
             predictor.close()
@@ -400,21 +420,24 @@ class Predictor:
                 "tta": self.tta, "adult_age": self.age_gate.adult_age if self.age_gate else None}
 
     # ---- inference -----------------------------------------------------------------------------------
-    def _logits(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, 3, S, S)`` normalised → ``(B, K)`` head outputs, on the CPU."""
+    def _logits(self, x: np.ndarray) -> np.ndarray | torch.Tensor:
+        """``(B, 3, S, S)`` float32 normalised → ``(B, K)`` head outputs (a tensor from the torch backend)."""
         if self._session is not None:
-            from .export import INPUT_NAME, OUTPUT_NAME
+            return self._session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+        import torch
 
-            return torch.from_numpy(self._session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0])
-        return self._model(x.to(self.device)).float().cpu()
+        with torch.inference_mode():
+            return self._model(torch.from_numpy(x).to(self.device)).float().cpu()
 
-    def _regions(self, x: torch.Tensor) -> list[list]:
+    def _regions(self, x: np.ndarray) -> list[list]:
         """The model's attended regions: per image a list of ``(x0, y0, x1, y1)`` in model-input pixels.
 
         ``attended_regions(x)`` (AL-ResNet's: ``(B, 3, H, W)`` → ``(B, T, 4)`` pixels of ``x``) may return a
         ``(B, R, 4)`` tensor/array or a list of per-image lists."""
+        import torch
+
         with torch.inference_mode():
-            regions = self._regions_fn(x.to(self.device))
+            regions = self._regions_fn(torch.from_numpy(x).to(self.device))
         if isinstance(regions, torch.Tensor):
             regions = regions.detach().float().cpu().numpy()
         return [[tuple(float(v) for v in box) for box in np.asarray(per_image).reshape(-1, 4)]
@@ -428,7 +451,7 @@ class Predictor:
         groups = {}
         for scheme, p in answers.class_probs.items():
             p = p[i].astype(np.float64)
-            names = _class_names(self._head, scheme)
+            names = _class_names(self.spec, scheme)
             k = int(p.argmax())
             groups[scheme] = GroupPrediction(scheme, names[k], float(p[k]),
                                              {n: float(v) for n, v in zip(names, p, strict=True)})
@@ -455,9 +478,8 @@ class Predictor:
         with self._lock, torch_threads(model_threads(self._pool_size) if self._pool_size > 1 else None):
             for start in range(0, len(crops), BATCH_SIZE):
                 chunk = crops[start:start + BATCH_SIZE]
-                stored = torch.from_numpy(np.stack([c.stored for _, c in chunk]))
-                x = prepare_batch(stored, self.spec.preprocessing)
-                answers = answer_batch(self._logits, self._head.predict, x, tta_flip=self.tta)
+                x = prepare_eval_batch(np.stack([c.stored for _, c in chunk]), self.spec.preprocessing)
+                answers = answer_batch(self._logits, self._read, x, tta_flip=self.tta)
                 regions = self._regions(x) if explain else [None] * len(chunk)
                 for j, (k, c) in enumerate(chunk):
                     faces[k].append(self._face(c, answers, j, regions[j]))
@@ -560,10 +582,17 @@ def _importing_main_in_a_worker() -> bool:
     return bool(getattr(mp.current_process(), "_inheriting", False))
 
 
-def _int8_problem(graph_digest: str | None) -> str | None:
-    """Why the bundled int8 graph, which records ``graph_digest`` as the weights it was exported from,
-    cannot stand in for the bundled model (``None``: it can). The digest comes from the graph's ONNX Runtime
-    session, already open: reading it with the ``onnx`` package took 1.3 s of every start, to import it."""
+def _int8_problem(graph_digest: str | None, graph_source_sha256: str | None = None) -> str | None:
+    """Why the bundled int8 graph, which records ``graph_digest`` as the weights it was exported from (and
+    ``graph_source_sha256`` as the ``.pt`` file's SHA-256), cannot stand in for the bundled model (``None``:
+    it can). Both come from the graph's ONNX Runtime session, already open (reading them with the ``onnx``
+    package took 1.3 s of every start, to import it). The same file hash is the same weights, a check that
+    needs no torch; otherwise (the ``.pt`` calibrated again since, or a graph written before the hash was
+    stored) the weights themselves are compared, which loads the checkpoint with torch."""
+    if graph_source_sha256 is not None and graph_source_sha256 == file_sha256(DEFAULT_MODEL):
+        return None
+    from ..checkpoint import load_checkpoint, weights_digest
+
     digest = weights_digest(load_checkpoint(DEFAULT_MODEL)["state_dict"])
     if graph_digest != digest:
         return (f"{DEFAULT_INT8_MODEL.name} was exported from other weights ({graph_digest}) than "

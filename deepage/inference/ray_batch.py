@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import os
 import pickle
 import sys
 import tempfile
@@ -100,9 +101,11 @@ class RayPredictor:
 
     def __init__(self, model: bytes | None, model_suffix: str = ".pt", threads: int = 1, explain: bool = False,
                  **predictor_kw) -> None:
-        import torch
-
-        torch.set_num_threads(threads)  # the model's threads (ONNX Runtime's too): the actor's own CPUs
+        # The model's threads (ONNX Runtime's and PyTorch's): the actor's own CPUs. OMP_NUM_THREADS is what
+        # both read where torch is not loaded yet (an ONNX graph answers without importing it).
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        if "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(threads)
         if isinstance(model, ray.ObjectRef):
             model = ray.get(model)
         self.explain = explain

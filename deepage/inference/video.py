@@ -45,10 +45,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
 
 from ..answers import AgeGate, p_at_least
-from ..models.heads import INTERVAL_QUANTILES, age_quantiles, check_estimate, point_age
+from ..readout import INTERVAL_QUANTILES, age_quantiles, check_estimate, point_age
 from .predictor import FacePrediction, Predictor
 
 __all__ = ["VIDEO_SUFFIXES", "is_video", "AgeFusion", "Track", "FaceTracker", "VideoReader", "VideoReadError",
@@ -84,7 +83,7 @@ class AgeFusion:
     distribution is ``∝ exp(S_n / W_n * (1 + (W_n - 1) / temperature))``: the geometric mean of the frames,
     sharpened as if there were ``1 + (W_n - 1) / temperature`` independent photos. One frame gives back its
     own distribution; ``temperature=1, forget=1`` is the plain product. ``estimate``: how the fused
-    distribution becomes one age, as the model's head does it (:data:`~deepage.models.heads.AGE_ESTIMATES`).
+    distribution becomes one age, as the model's head does it (:data:`~deepage.readout.AGE_ESTIMATES`).
 
     >>> fusion = AgeFusion()
     >>> fusion.add(p)                  # p: (101,) one frame's age distribution    # doctest: +SKIP
@@ -125,7 +124,7 @@ class AgeFusion:
     @property
     def age(self) -> float:
         """The :attr:`estimate` (median or mean) of :attr:`probs`, in years."""
-        return float(point_age(torch.from_numpy(self.probs)[None], self.estimate)[0])
+        return float(point_age(self.probs[None], self.estimate)[0])
 
     @property
     def interval(self) -> tuple[float, float]:

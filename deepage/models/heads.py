@@ -8,8 +8,9 @@ dex        logits over ages 0..100       exact age (median, or expected value) a
 coral      100 ordinal logits "age > k"  exact age (sum of probabilities) and every class scheme
 =========  ============================  =====================================================
 
-Each head is an ``nn.Module`` with ``loss(outputs, ages)`` and ``predict(outputs)``; ``predict`` returns a
-:class:`HeadOutput` with whatever the head can answer.
+Each head is an ``nn.Module`` with ``loss(outputs, ages)``, ``read(outputs)`` (NumPy in, a
+:class:`~deepage.readout.ReadOut` out: :mod:`deepage.readout` holds the one implementation of every answer)
+and ``predict(outputs)``, the same answer as a :class:`HeadOutput` of tensors.
 """
 
 from __future__ import annotations
@@ -23,43 +24,26 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..labels import AGE_BINS, MAX_AGE, LabelScheme, get_scheme, list_schemes
+from .. import readout
+from ..labels import AGE_BINS, MAX_AGE, LabelScheme, get_scheme
+from ..readout import AGE_ESTIMATES, INTERVAL_QUANTILES, READ_HEADS, age_quantiles, check_estimate
 
 __all__ = ["HeadOutput", "average_outputs", "ClassesHead", "DexHead", "CoralHead", "create_head", "head_options",
            "HEADS", "gaussian_age_targets", "age_quantiles", "INTERVAL_QUANTILES", "AGE_ESTIMATES", "point_age",
            "check_estimate", "ANSWER_OPTIONS"]
 
-HEADS = ("classes", "dex", "coral")
-INTERVAL_QUANTILES = (0.1, 0.9)
-"""The age interval reported with every estimate: these quantiles of the head's age distribution."""
-AGE_ESTIMATES = ("median", "mean")
-"""How a distribution over ages becomes one age. ``median``: the smallest age ``a`` with ``P(age <= a) >= 1/2``,
-in whole years like the labels; it minimises the expected absolute error (the MAE we report) where the mean
-minimises the squared one, and age distributions are skewed (validation MAE of the shipped ensemble 4.435
-against 4.504 with the mean: docs/RESULTS.md). ``mean``: the expected value (DEX as published)."""
-
+HEADS = READ_HEADS
 
 ANSWER_OPTIONS = ("estimate", "temperature")
 """The DEX head's options that change how it answers, not how it trains: ``deepage calibrate`` may set them
 on a trained model, and an ensemble takes them from its own spec."""
 
 
-def check_estimate(estimate: str) -> str:
-    """``estimate`` if it is one of :data:`AGE_ESTIMATES`, else ``ValueError`` naming them."""
-    if estimate not in AGE_ESTIMATES:
-        raise ValueError(f"age estimate {estimate!r} is not one of {AGE_ESTIMATES}")
-    return estimate
-
-
 def point_age(age_probs: torch.Tensor, estimate: str = "median") -> torch.Tensor:
     """``(B, A)`` distributions over ages ``0..A-1`` → ``(B,)`` float32 years, by ``estimate`` (one of
-    :data:`AGE_ESTIMATES`)."""
-    probs = age_probs.float()
-    if check_estimate(estimate) == "mean":
-        return probs @ torch.arange(probs.shape[1], dtype=probs.dtype, device=probs.device)
-    # the median: the first age whose cumulative mass reaches half of the total (argmax finds the first True)
-    reached = probs.cumsum(dim=1) >= 0.5 * probs.sum(dim=1, keepdim=True)
-    return reached.float().argmax(dim=1).to(probs.dtype)
+    :data:`AGE_ESTIMATES`): :func:`deepage.readout.point_age` on a tensor (same device)."""
+    ages = readout.point_age(age_probs.detach().float().cpu().numpy(), estimate)
+    return torch.from_numpy(ages).to(age_probs.device)
 
 
 @dataclass
@@ -72,24 +56,6 @@ class HeadOutput:
     class_probs: dict[str, torch.Tensor] = field(default_factory=dict)
     age_probs: torch.Tensor | None = None
     estimate: str | None = None
-
-
-def age_quantiles(age_probs: np.ndarray, q: float) -> np.ndarray:
-    """Quantile ``q`` of distributions over ages 0..A-1: ``(N, A)`` → ``(N,)`` years (``(A,)`` → scalar array).
-
-    Age ``a`` is spread evenly over ``[a - 0.5, a + 0.5]``, so a distribution with all its mass on 30 has
-    its 10th percentile at 29.6 and its 90th at 30.4.
-    """
-    probs = np.asarray(age_probs, np.float64)
-    flat = probs.reshape(-1, probs.shape[-1])
-    cdf = np.cumsum(flat, axis=1)
-    target = q * cdf[:, -1]
-    k = np.minimum((cdf < target[:, None]).sum(axis=1), flat.shape[1] - 1)  # first age with cdf >= target
-    rows = np.arange(len(flat))
-    below = np.where(k > 0, cdf[rows, np.maximum(k - 1, 0)], 0.0)
-    frac = (target - below) / np.maximum(flat[rows, k], 1e-12)
-    out = np.clip(k - 0.5 + frac, 0.0, flat.shape[1] - 1)
-    return out.reshape(probs.shape[:-1])
 
 
 def average_outputs(a: HeadOutput, b: HeadOutput) -> HeadOutput:
@@ -113,10 +79,17 @@ def gaussian_age_targets(ages: torch.Tensor, sigma: float, num_ages: int = AGE_B
     return weights / weights.sum(dim=1, keepdim=True)
 
 
-def _age_distribution_to_classes(age_probs: torch.Tensor) -> dict[str, torch.Tensor]:
-    return {
-        name: age_probs @ get_scheme(name).age_to_class_matrix().to(age_probs) for name in list_schemes()
-    }
+def _head_output(read: readout.ReadOut, device: torch.device) -> HeadOutput:
+    """A NumPy :class:`~deepage.readout.ReadOut` as tensors on ``device``."""
+    def tensor(a: np.ndarray | None) -> torch.Tensor | None:
+        return None if a is None else torch.from_numpy(np.ascontiguousarray(a)).to(device)
+
+    return HeadOutput(age=tensor(read.age), class_probs={k: tensor(v) for k, v in read.class_probs.items()},
+                      age_probs=tensor(read.age_probs), estimate=read.estimate)
+
+
+def _numpy(outputs: torch.Tensor) -> np.ndarray:
+    return outputs.detach().float().cpu().numpy()
 
 
 class ClassesHead(nn.Module):
@@ -154,8 +127,12 @@ class ClassesHead(nn.Module):
         return F.cross_entropy(outputs.float(), target, weight=self.class_weights,
                                label_smoothing=self.label_smoothing)
 
+    def read(self, outputs: np.ndarray) -> readout.ReadOut:
+        """``(B, C)`` outputs in NumPy → the answers (:func:`deepage.readout.read_classes`)."""
+        return readout.read_classes(outputs, self.scheme.name)
+
     def predict(self, outputs: torch.Tensor) -> HeadOutput:
-        return HeadOutput(age=None, class_probs={self.scheme.name: outputs.float().softmax(dim=1)})
+        return _head_output(self.read(_numpy(outputs)), outputs.device)
 
 
 class DexHead(nn.Module):
@@ -200,9 +177,12 @@ class DexHead(nn.Module):
         return kl + self.l1_weight * (expected - ages.float().clamp(max=MAX_AGE)).abs().mean()
 
     def predict(self, outputs: torch.Tensor) -> HeadOutput:
-        probs = (outputs.float() / self.temperature).softmax(dim=1)
-        return HeadOutput(age=point_age(probs, self.estimate), class_probs=_age_distribution_to_classes(probs),
-                          age_probs=probs, estimate=self.estimate)
+        return _head_output(self.read(_numpy(outputs)), outputs.device)
+
+    def read(self, outputs: np.ndarray) -> readout.ReadOut:
+        """``(B, 101)`` outputs in NumPy → the answers at this head's estimate and temperature
+        (:func:`deepage.readout.read_dex`)."""
+        return readout.read_dex(outputs, self.estimate, self.temperature)
 
 
 class CoralHead(nn.Module):
@@ -230,14 +210,11 @@ class CoralHead(nn.Module):
         return F.binary_cross_entropy_with_logits(outputs.float(), levels, reduction="mean")
 
     def predict(self, outputs: torch.Tensor) -> HeadOutput:
-        greater = outputs.float().sigmoid()  # P(age > k), k = 0..99
-        ones = torch.ones_like(greater[:, :1])
-        zeros = torch.zeros_like(greater[:, :1])
-        cdf_above = torch.cat([ones, greater, zeros], dim=1)  # P(age > k-1) for k = 0..101
-        age_probs = (cdf_above[:, :-1] - cdf_above[:, 1:]).clamp(min=0)
-        age_probs = age_probs / age_probs.sum(dim=1, keepdim=True).clamp(min=1e-12)
-        return HeadOutput(age=greater.sum(dim=1), class_probs=_age_distribution_to_classes(age_probs),
-                          age_probs=age_probs)
+        return _head_output(self.read(_numpy(outputs)), outputs.device)
+
+    def read(self, outputs: np.ndarray) -> readout.ReadOut:
+        """``(B, 100)`` outputs in NumPy → the answers (:func:`deepage.readout.read_coral`)."""
+        return readout.read_coral(outputs)
 
 
 _HEAD_CLASSES: dict[str, type[nn.Module]] = {"classes": ClassesHead, "dex": DexHead, "coral": CoralHead}

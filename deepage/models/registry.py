@@ -13,13 +13,16 @@ preprocessing included) as ``model.spec``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
 
 from ..preprocessing import Preprocessing
+from ..readout import ReadOut
+from ..spec import ModelSpec
 from .heads import HeadOutput, create_head
 
 __all__ = ["ModelSpec", "AgeModel", "Backbone", "register_model", "create_model", "list_models", "model_info",
@@ -100,32 +103,10 @@ def scheme_for(num_classes: int | None, scheme: str | None) -> str | None:
     return by_count[num_classes]
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    """Everything needed to rebuild a model (stored in checkpoints as plain data)."""
-
-    name: str
-    head: str = "dex"
-    scheme: str | None = None  # label scheme of a ``classes`` head
-    preprocessing: Preprocessing = field(default_factory=Preprocessing)
-    model_kwargs: dict = field(default_factory=dict)
-    head_kwargs: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["preprocessing"] = self.preprocessing.to_dict()
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> ModelSpec:
-        d = dict(d)
-        d["preprocessing"] = Preprocessing.from_dict(d["preprocessing"])
-        return cls(**d)
-
-
 class AgeModel(nn.Module):
     """``backbone`` then ``head``. ``forward``: ``(B, 3, H, W)`` normalised input → ``(B, K)`` head outputs
-    (logits); ``predict`` turns outputs into ages and class probabilities (:class:`HeadOutput`)."""
+    (logits); ``predict`` turns outputs into ages and class probabilities (:class:`HeadOutput`), ``read``
+    the same from NumPy outputs (:class:`~deepage.readout.ReadOut`)."""
 
     def __init__(self, spec: ModelSpec, backbone: Backbone, head: nn.Module) -> None:
         super().__init__()
@@ -147,6 +128,10 @@ class AgeModel(nn.Module):
 
     def predict(self, outputs: torch.Tensor) -> HeadOutput:
         return self.head.predict(outputs)
+
+    def read(self, outputs: np.ndarray) -> ReadOut:
+        """``(B, K)`` outputs in NumPy → the head's answers (what :func:`deepage.answers.answer_batch` reads)."""
+        return self.head.read(outputs)
 
 
 def load_backbone_weights(module: nn.Module, path: str | Path,
