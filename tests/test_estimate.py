@@ -56,16 +56,16 @@ def test_a_track_answers_by_the_models_estimate():
 
 
 def test_flip_averaging_reads_the_median_of_the_mean_distribution():
-    from deepage.models.heads import average_outputs
+    from deepage.readout import average_readouts
 
     head = DexHead(8)
     # two views: all mass at 20, and all at 30 but for a little at 20: the mean distribution's median is 20
-    a = head.predict(torch.log(_masses((20, 1.0)) + 1e-9))
-    b = head.predict(torch.log(_masses((20, 0.2), (30, 0.8)) + 1e-9))
-    both = average_outputs(a, b)
+    a = head.read(torch.log(_masses((20, 1.0)) + 1e-9).numpy())
+    b = head.read(torch.log(_masses((20, 0.2), (30, 0.8)) + 1e-9).numpy())
+    both = average_readouts(a, b)
     assert (a.age.item(), b.age.item()) == (20.0, 30.0)
     assert both.age.item() == 20.0 and both.estimate == "median"  # not (20 + 30) / 2
     by_mean = create_head("dex", 8, estimate="mean")
-    mean = average_outputs(by_mean.predict(torch.log(_masses((20, 1.0)) + 1e-9)),
-                           by_mean.predict(torch.log(_masses((20, 0.2), (30, 0.8)) + 1e-9)))
+    mean = average_readouts(by_mean.read(torch.log(_masses((20, 1.0)) + 1e-9).numpy()),
+                            by_mean.read(torch.log(_masses((20, 0.2), (30, 0.8)) + 1e-9).numpy()))
     assert mean.age.item() == pytest.approx(24.0, abs=1e-3)

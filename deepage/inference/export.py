@@ -173,7 +173,7 @@ def export_onnx(checkpoint: str | Path, output: str | Path, opset: int = OPSET, 
     written). ``int8_calibration``: ``(N, 3, S, S)`` preprocessed training images; the float graph is then
     quantised to int8 on them (:func:`quantize_int8`, checked there) and that is written. The file carries
     the spec, the stored operating points, the weights' digest, the checkpoint file's SHA-256 and the split
-fingerprint. Written atomically.
+    fingerprint. Written atomically.
     """
     checkpoint, output = Path(checkpoint), Path(output)
     ckpt = load_checkpoint(checkpoint)

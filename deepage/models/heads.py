@@ -28,7 +28,7 @@ from .. import readout
 from ..labels import AGE_BINS, MAX_AGE, LabelScheme, get_scheme
 from ..readout import AGE_ESTIMATES, INTERVAL_QUANTILES, READ_HEADS, age_quantiles, check_estimate
 
-__all__ = ["HeadOutput", "average_outputs", "ClassesHead", "DexHead", "CoralHead", "create_head", "head_options",
+__all__ = ["HeadOutput", "ClassesHead", "DexHead", "CoralHead", "create_head", "head_options",
            "HEADS", "gaussian_age_targets", "age_quantiles", "INTERVAL_QUANTILES", "AGE_ESTIMATES", "point_age",
            "check_estimate", "ANSWER_OPTIONS"]
 
@@ -56,19 +56,6 @@ class HeadOutput:
     class_probs: dict[str, torch.Tensor] = field(default_factory=dict)
     age_probs: torch.Tensor | None = None
     estimate: str | None = None
-
-
-def average_outputs(a: HeadOutput, b: HeadOutput) -> HeadOutput:
-    """The mean of two predictions of the same images (e.g. an image and its mirror image): of their
-    distributions, whose age is then read by the same rule (the median of the mean distribution, not the
-    mean of two medians), or of their ages where they were not read from a distribution."""
-    age_probs = None if a.age_probs is None else (a.age_probs + b.age_probs) / 2
-    if a.estimate is not None and age_probs is not None:
-        age = point_age(age_probs, a.estimate)
-    else:
-        age = None if a.age is None else (a.age + b.age) / 2
-    return HeadOutput(age=age, class_probs={k: (v + b.class_probs[k]) / 2 for k, v in a.class_probs.items()},
-                      age_probs=age_probs, estimate=a.estimate)
 
 
 def gaussian_age_targets(ages: torch.Tensor, sigma: float, num_ages: int = AGE_BINS) -> torch.Tensor:
