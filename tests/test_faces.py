@@ -271,3 +271,34 @@ def test_recall_on_real_utkface_chips(utkface_archive):
     assert looks / n < 1.15, looks / n
     assert found_default / n >= 0.99, found_default
     assert looks_default == looks
+
+
+def test_the_hog_detector_is_saved_once_and_read_back(tmp_path, monkeypatch):
+    """Building dlib's detector takes most of a second; the first process saves it in the cache, later ones
+    read it (the same boxes and scores), and a file that will not load is built again and replaced."""
+    dlib = pytest.importorskip("dlib")
+    from deepage import faces
+
+    monkeypatch.setenv("DEEPAGE_CACHE_DIR", str(tmp_path))
+    grey = cv2.imread(str(ASTRONAUT), cv2.IMREAD_GRAYSCALE)
+    faces._frontal_detector.cache_clear()
+    try:
+        built = faces._frontal_detector()
+        saved = list(tmp_path.glob("frontal_face_detector-*.svm"))
+        assert len(saved) == 1 and saved[0].stat().st_size > 10_000
+        faces._frontal_detector.cache_clear()
+
+        def no_building():
+            raise AssertionError("built again although the cache holds it")
+
+        with monkeypatch.context() as m:
+            m.setattr(dlib, "get_frontal_face_detector", no_building)
+            read = faces._frontal_detector()
+        assert read.run(grey, 0, 0.0)[1] == built.run(grey, 0, 0.0)[1]
+        saved[0].write_bytes(b"not a detector")
+        faces._frontal_detector.cache_clear()
+        rebuilt = faces._frontal_detector()
+        assert rebuilt.run(grey, 0, 0.0)[1] == built.run(grey, 0, 0.0)[1]
+        assert saved[0].stat().st_size > 10_000  # replaced by a good copy
+    finally:
+        faces._frontal_detector.cache_clear()  # later tests build their own, outside this folder

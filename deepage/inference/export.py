@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from .. import __version__
+from ..cache import cache_dir
 from ..checkpoint import load_checkpoint, model_from_checkpoint, read_age_gates, weights_digest
 from ..models.registry import AgeModel
 from .onnx_graph import (
@@ -199,10 +200,7 @@ def export_onnx(checkpoint: str | Path, output: str | Path, opset: int = OPSET, 
 def onnx_cache_dir() -> Path:
     """Where :func:`checked_onnx_bytes` keeps exported graphs: ``$DEEPAGE_CACHE_DIR``, else
     ``$XDG_CACHE_HOME/deepage/onnx``, else ``~/.cache/deepage/onnx``."""
-    if os.environ.get("DEEPAGE_CACHE_DIR"):
-        return Path(os.environ["DEEPAGE_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "deepage" / "onnx"
+    return cache_dir("onnx")
 
 
 def _cache_key(checkpoint: Path, opset: int) -> str:
