@@ -25,7 +25,7 @@ from .labels import AGE_BINS, MAX_AGE, get_scheme, list_schemes
 
 __all__ = ["ReadOut", "reader_for", "read_classes", "read_dex", "read_coral", "average_readouts", "point_age",
            "age_quantiles", "class_masses", "softmax", "check_estimate", "AGE_ESTIMATES", "INTERVAL_QUANTILES",
-           "READ_HEADS", "out_features"]
+           "READ_HEADS", "out_features", "check_temperature"]
 
 READ_HEADS = ("classes", "dex", "coral")
 INTERVAL_QUANTILES = (0.1, 0.9)
@@ -35,6 +35,13 @@ AGE_ESTIMATES = ("median", "mean")
 in whole years like the labels; it minimises the expected absolute error (the MAE we report) where the mean
 minimises the squared one, and age distributions are skewed (validation MAE of the shipped ensemble 4.435
 against 4.504 with the mean: docs/RESULTS.md). ``mean``: the expected value (DEX as published)."""
+
+
+def check_temperature(temperature: float) -> float:
+    """``temperature`` as a float if it is positive, else ``ValueError`` (the DEX head's and its reader's rule)."""
+    if not float(temperature) > 0:
+        raise ValueError(f"head 'dex': temperature must be positive, got {temperature}")
+    return float(temperature)
 
 
 def check_estimate(estimate: str) -> str:
@@ -149,9 +156,7 @@ def reader_for(head: str, scheme: str | None = None, **head_kwargs) -> Callable[
             return read_classes(outputs, name)
     elif head == "dex":
         estimate = check_estimate(head_kwargs.get("estimate", "median"))
-        temperature = float(head_kwargs.get("temperature", 1.0))
-        if not temperature > 0:
-            raise ValueError(f"head 'dex': temperature must be positive, got {temperature}")
+        temperature = check_temperature(head_kwargs.get("temperature", 1.0))
 
         def read(outputs: np.ndarray) -> ReadOut:
             return read_dex(outputs, estimate, temperature)

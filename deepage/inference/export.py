@@ -207,12 +207,8 @@ def _cache_key(checkpoint: Path, opset: int) -> str:
     """The checkpoint file's SHA-256 with the versions that shape the graph: the same key, the same graph."""
     import onnx
 
-    digest = hashlib.sha256()
-    with open(checkpoint, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    digest.update(f"|{__version__}|torch {torch.__version__}|onnx {onnx.__version__}|opset {opset}".encode())
-    return digest.hexdigest()[:32]
+    key = f"{file_sha256(checkpoint)}|{__version__}|torch {torch.__version__}|onnx {onnx.__version__}|opset {opset}"
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
 def checked_onnx_bytes(model: AgeModel, checkpoint: str | Path, opset: int = OPSET) -> bytes:

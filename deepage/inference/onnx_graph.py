@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..readout import out_features, reader_for
 from ..spec import ModelSpec
+from .workers import available_cores
 
 __all__ = ["OnnxGraph", "read_onnx_graph", "onnx_session", "check_onnx_io", "cpu_threads", "file_sha256",
            "SPEC_KEY", "FORMAT_KEY", "AGE_GATES_KEY", "WEIGHTS_KEY", "FINGERPRINT_KEY", "SOURCE_SHA256_KEY",
@@ -41,9 +42,7 @@ def cpu_threads() -> int:
     if torch is not None:
         return torch.get_num_threads()
     env = os.environ.get("OMP_NUM_THREADS", "")
-    if env.isdigit() and int(env) > 0:
-        return int(env)
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else max(1, os.cpu_count() or 1)
+    return int(env) if env.isdigit() and int(env) > 0 else available_cores()
 
 
 def file_sha256(path: str | Path) -> str:

@@ -289,10 +289,8 @@ class Predictor:
     def age_estimate(self) -> str:
         """How the head turns an age distribution into one age (``"median"`` or ``"mean"``; ``"mean"`` for
         heads without the choice): video tracks fuse distributions and answer the same way."""
-        if self.spec.head != "dex":
-            return "mean"
-        head = getattr(self._model, "head", None)
-        return getattr(head, "estimate", None) or self.spec.head_kwargs.get("estimate", "median")
+        # the spec's, which the head (and an ensemble's head) is built from and calibrate writes
+        return self.spec.head_kwargs.get("estimate", "median") if self.spec.head == "dex" else "mean"
 
     # ---- construction --------------------------------------------------------------------------------
     @classmethod

@@ -138,15 +138,14 @@ class DexHead(nn.Module):
                  estimate: str = "median", temperature: float = 1.0) -> None:
         super().__init__()
         check_estimate(estimate)
-        if not temperature > 0:
-            raise ValueError(f"head 'dex': temperature must be positive, got {temperature}")
-        self.sigma, self.l1_weight, self.estimate, self.temperature = sigma, l1_weight, estimate, float(temperature)
+        self.sigma, self.l1_weight, self.estimate = sigma, l1_weight, estimate
+        self.temperature = readout.check_temperature(temperature)
         self.fc = nn.Sequential(nn.Dropout(dropout), nn.Linear(in_features, AGE_BINS))
         self.register_buffer("ages", torch.arange(AGE_BINS, dtype=torch.float32), persistent=False)
 
     @property
     def out_features(self) -> int:
-        return AGE_BINS
+        return readout.out_features(self.kind)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.fc(features)
@@ -186,7 +185,7 @@ class CoralHead(nn.Module):
 
     @property
     def out_features(self) -> int:
-        return MAX_AGE
+        return readout.out_features(self.kind)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.fc(self.dropout(features)) + self.biases
