@@ -90,6 +90,9 @@ class TrainConfig:
     cpu_bf16: bool = False  # bfloat16 autocast on CPU: helps dense convs (ResNet-50 46.6 -> 79.4 img/s on an
     # avx512_bf16 CPU), slows depthwise ones (MobileNetV2 167.6 -> 154.9), so it is a per-recipe choice, off by default
     channels_last: bool = True
+    # torch.compile of the training forward pass (validation and the saved weights use the plain module):
+    # dlib_resnet bf16 197 -> 229 img/s, MobileNetV2 191 -> 153 (bench/train_precision.py), a per-recipe choice
+    compile: bool = False
     num_threads: int | None = None
     seed: int = 0
     deterministic: bool = False

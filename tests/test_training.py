@@ -308,3 +308,19 @@ def test_mixup_trains_and_is_checked(tiny_h5, tmp_path):
     assert loss_mixed != loss_plain and loss_mixed == loss_mixed  # trained on other targets, and not NaN
     with pytest.raises(ValueError, match="mixup_alpha"):
         TrainConfig(mixup_alpha=-1)
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_the_plain_run_and_saves_plain_names(tiny_h5, tmp_path):
+    """``compile: true`` compiles the training forward pass only: the same loss as the plain run (to float
+    tolerance: the fused kernels round differently), and checkpoints whose names are the module's own."""
+    same = dict(max_steps=3, ema_decay=0.0)
+    plain = train(_config(tiny_h5, tmp_path, name="plain", **same))
+    compiled = train(_config(tiny_h5, tmp_path, name="compiled", compile=True, **same))
+    losses = [json.loads((r.run_dir / "history.json").read_text())[-1]["train_loss"] for r in (plain, compiled)]
+    assert losses[1] == pytest.approx(losses[0], rel=1e-3)
+    for name in ("best.pt", "last.pt"):
+        weights = load_checkpoint(compiled.run_dir / name)["state_dict"]
+        assert not any("_orig_mod" in key for key in weights), name
+        assert weights.keys() == load_checkpoint(plain.run_dir / name)["state_dict"].keys()
+    assert model_from_checkpoint(compiled.run_dir / "best.pt")(torch.zeros(2, 3, 32, 32)).shape[0] == 2

@@ -639,6 +639,11 @@ def _context(config: TrainConfig, model: AgeModel, device: torch.device, run_dir
     if world > 1:
         train_model = torch.nn.parallel.DistributedDataParallel(
             train_model, device_ids=[local_rank] if device.type == "cuda" else None)
+    if config.compile:
+        # Only the training forward pass is compiled: it shares its parameters with ``model``, so the
+        # optimizer, EMA, checkpoints and validation see the plain module (no ``_orig_mod.`` names saved).
+        # dynamic=False: batches are one size (drop_last); the linear probe's end recompiles once.
+        train_model = torch.compile(train_model, dynamic=False)
     return TrainContext(config=config, model=model, train_model=train_model, optimizer=optimizer, ema=ema,
                         device=device, run_dir=run_dir, split_fingerprint=train_data.fingerprint, rank=rank,
                         world=world, aux=aux, aux_targets=aux_labels(train_data) if aux is not None else None,
