@@ -314,7 +314,9 @@ def test_mixup_trains_and_is_checked(tiny_h5, tmp_path):
 def test_compiled_training_matches_the_plain_run_and_saves_plain_names(tiny_h5, tmp_path):
     """``compile: true`` compiles the training forward pass only: the same loss as the plain run (to float
     tolerance: the fused kernels round differently), and checkpoints whose names are the module's own."""
-    same = dict(max_steps=3, ema_decay=0.0)
+    # One step: its loss is the first batch's, from the same weights, so only the kernels' rounding differs.
+    # Over three steps the optimizer compounds it (0.4 % on an AVX-512 EPYC against 1e-3 on an AMX Xeon).
+    same = dict(max_steps=1, ema_decay=0.0)
     plain = train(_config(tiny_h5, tmp_path, name="plain", **same))
     compiled = train(_config(tiny_h5, tmp_path, name="compiled", compile=True, **same))
     losses = [json.loads((r.run_dir / "history.json").read_text())[-1]["train_loss"] for r in (plain, compiled)]
