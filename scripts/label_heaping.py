@@ -28,33 +28,35 @@ import torch
 
 from deepage.checkpoint import model_from_checkpoint
 from deepage.data.loader import FaceBatches, load_split
+from deepage.evaluation.metrics import cumulative_score, mae
 from deepage.evaluation.predictions import collect_predictions
 from deepage.labels import AGE_BINS, get_scheme
-from deepage.models.heads import point_age
+from deepage.models.heads import gaussian_age_targets
+from deepage.readout import class_masses, point_age
 
 LAMBDAS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
 def heaping_ratio(train_ages: np.ndarray, sigma: float) -> np.ndarray:
-    """``(101,)``: the training labels' histogram over its Gaussian-smoothed self (add-one smoothed), the
-    factor by which sigma-wide soft labels under-state each heaped age."""
+    """``(101,)``: the training labels' histogram (add-one smoothed) over the histogram of their soft labels
+    (the DEX head's own Gaussians), the factor by which sigma-wide soft labels under-state each heaped age."""
     hist = np.bincount(np.clip(train_ages, 0, AGE_BINS - 1), minlength=AGE_BINS).astype(np.float64) + 1.0
-    ages = np.arange(AGE_BINS)
-    kernel = np.exp(-0.5 * ((ages[:, None] - ages[None, :]) / sigma) ** 2)
-    kernel /= kernel.sum(axis=0, keepdims=True)  # each label's Gaussian sums to one over ages 0..100
-    return hist / (kernel @ hist)
+    soft = gaussian_age_targets(torch.arange(AGE_BINS), sigma).double().numpy()  # (101, 101): row = label age
+    return hist / (hist @ soft)
+
+
+def class_hits(probs: np.ndarray, truth: np.ndarray) -> dict[str, np.ndarray]:
+    """``(N, 101)`` distributions, ``(N,)`` ages → scheme → ``(N,)`` bool: the class-mass argmax is right."""
+    return {name: masses.argmax(1) == get_scheme(name).classify(truth)
+            for name, masses in class_masses(probs).items()}
 
 
 def scores(probs: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     """``(N, 101)`` distributions and ``(N,)`` ages → 14 / 8-class accuracy (argmax of the class masses),
     MAE and CS@5 of the whole-year median."""
-    out = {}
-    for name in ("utk14", "utk8"):
-        scheme = get_scheme(name)
-        masses = probs @ scheme.age_to_class_matrix()
-        out[name] = float(np.mean(masses.argmax(1) == scheme.classify(truth)))
-    err = np.abs(point_age(torch.from_numpy(probs), "median").numpy() - truth)
-    out["mae"], out["cs5"] = float(err.mean()), float(np.mean(err <= 5))
+    out = {name: float(hit.mean()) for name, hit in class_hits(probs, truth).items()}
+    age = point_age(probs, "median")
+    out["mae"], out["cs5"] = mae(truth, age), cumulative_score(truth, age)
     return out
 
 
@@ -76,8 +78,7 @@ def main() -> None:
         data = load_split(args.data, split)
         preds = collect_predictions(model, FaceBatches(data, model.spec.preprocessing, 128))
         probs, truth = np.asarray(preds.age_probs, np.float64), np.asarray(preds.age_true, np.int64)
-        utk14 = get_scheme("utk14")
-        wrong = utk14.classify(truth) != (probs @ utk14.age_to_class_matrix()).argmax(1)
+        wrong = ~class_hits(probs, truth)["utk14"]
         share = np.mean(np.isin(truth[wrong], heaped)) if wrong.any() else 0.0
         print(f"{split} ({len(truth)}): {np.mean(np.isin(truth, heaped)):.1%} of faces carry a heaped age, "
               f"{share:.1%} of the 14-class errors")

@@ -4,6 +4,8 @@ multiplier, linear probe) do what they say."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -79,8 +81,6 @@ def test_down_block_sides_predict_the_maps_and_flag_sizes_that_change_the_last_b
     assert [keeps_native_geometry(s) for s in (147, 150, 166, 167, 188, 198)] == [True] * 3 + [False] * 3
     with pytest.warns(UserWarning, match="188 px: its last down-block fills its map"):
         create_model("dlib_resnet", input_size=188, pretrained=True)
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         create_model("dlib_resnet", input_size=166, pretrained=True)
