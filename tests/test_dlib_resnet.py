@@ -151,3 +151,76 @@ def test_onnx_export_matches_torch():
         expected = model(x).numpy()
     got = onnx_session(model_to_onnx_bytes(model)).run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0]
     np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+
+
+# ------------------------------------------------------------------------------------- al_dlib_resnet
+def _trained_looking_dlib(seed: int = 0) -> torch.nn.Module:
+    """A ``dlib_resnet`` with random (not identity) affine layers and neck statistics, like a trained one."""
+    torch.manual_seed(seed)
+    model = create_model("dlib_resnet", input_size=150, stored_size=160, crop_pct=0.9375)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" in name or "neck" in name:
+                param.uniform_(0.5, 1.5) if name.endswith("weight") else param.uniform_(-0.1, 0.1)
+        model.backbone.neck.running_mean.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+def test_al_dlib_resnet_starts_as_the_plain_model_it_adopts(tmp_path):
+    """Zero-initialised residual fusion: after ``adopt_checkpoint`` the AL model's outputs are the plain
+    model's on the 150 px view, and the boxes lie inside the input."""
+    plain = _trained_looking_dlib()
+    al = create_model("al_dlib_resnet", input_size=188, stored_size=200, crop_pct=0.9375).eval()
+    state = plain.state_dict()
+    al.backbone.adopt_checkpoint("dlib_resnet", {k.removeprefix("backbone."): v for k, v in state.items()
+                                                 if k.startswith("backbone.")})
+    al.head.load_state_dict(plain.head.state_dict())
+    x = torch.randn(2, 3, 188, 188)
+    view = torch.nn.functional.interpolate(x, size=(150, 150), mode="bilinear", align_corners=False,
+                                           antialias=True)
+    with torch.no_grad():
+        torch.testing.assert_close(al(x), plain(view))
+        torch.testing.assert_close(al(view), plain(view))  # a 150 px input skips the resize
+        details = al.backbone.forward_details(x)
+    assert details.features.shape == (2, 256)
+    assert details.boxes.shape == (2, 3, 4) and details.attention.shape == (2, 3, 8, 8)
+    assert bool((details.boxes >= -1e-4).all() and (details.boxes <= 188 + 1e-4).all())
+    torch.testing.assert_close(details.attention.sum(dim=(2, 3)), torch.ones(2, 3))
+    # the local network took the trunk's first ten blocks
+    torch.testing.assert_close(al.backbone.local_net.blocks[9].conv2.weight, plain.backbone.blocks[9].conv2.weight)
+    with pytest.raises(ValueError, match="dlib_resnet checkpoint"):
+        al.backbone.adopt_checkpoint("mobilenet_v2", {})
+
+
+def test_al_dlib_resnet_local_branch_learns_and_new_layers_get_the_heads_rate():
+    model = create_model("al_dlib_resnet", input_size=160)
+    x = torch.randn(2, 3, 160, 160)
+    loss = model.loss(model(x), torch.tensor([30.0, 60.0]))
+    loss.backward()
+    names = dict(model.named_parameters())
+    assert names["backbone.local_proj.weight"].grad.abs().sum() > 0  # the zero-initialised fusion is trained
+    optimizer = make_optimizer(TrainConfig(model="al_dlib_resnet", backbone_lr_mult=0.1), model)
+    by_id = {id(p): g["lr_mult"] for g in optimizer.param_groups for p in g["params"]}
+    for name in ("backbone.trunk.conv1.weight", "backbone.local_net.conv1.weight"):
+        assert by_id[id(names[name])] == 0.1, name
+    for name in ("backbone.attention.cell.weight_ih", "backbone.local_proj.weight", "backbone.local_norm.weight",
+                 "backbone.trunk.neck.weight", "head.fc.1.weight"):
+        assert by_id[id(names[name])] == 1.0, name
+
+
+def test_init_from_a_dlib_resnet_checkpoint_builds_the_al_model_around_it(tmp_path):
+    from deepage.checkpoint import save_checkpoint
+    from deepage.training.engine import _init_weights_from
+
+    plain = _trained_looking_dlib(seed=1)
+    path = tmp_path / "plain.pt"
+    save_checkpoint(path, {"spec": plain.spec.to_dict(), "state_dict": plain.state_dict()})
+    al = create_model("al_dlib_resnet", input_size=150).eval()
+    _init_weights_from(al, str(path))
+    x = torch.randn(2, 3, 150, 150)
+    with torch.no_grad():
+        torch.testing.assert_close(al(x), plain(x))
+    other = create_model("dlib_resnet", head="coral", input_size=150)
+    save_checkpoint(tmp_path / "coral.pt", {"spec": other.spec.to_dict(), "state_dict": other.state_dict()})
+    with pytest.raises(ValueError, match="init_from.*head"):
+        _init_weights_from(create_model("al_dlib_resnet", input_size=150), str(tmp_path / "coral.pt"))

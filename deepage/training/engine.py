@@ -127,11 +127,29 @@ def build_model(config: TrainConfig, stored_size: int, train_data: FaceData | No
 def _init_weights_from(model: AgeModel, path: str) -> None:
     """Start from a deepage checkpoint's weights (fine-tuning, e.g. at a higher resolution).
 
-    The architecture and head must match; the preprocessing (input size) may differ. Loaded with
-    ``weights_only=True`` like every checkpoint.
+    The architecture and head must match; the preprocessing (input size) may differ. A backbone with
+    ``adopt_checkpoint(name, state)`` (``al_dlib_resnet``) is also built around another architecture's
+    backbone (``dlib_resnet``), the head must still match. Loaded with ``weights_only=True`` like every
+    checkpoint.
     """
     ckpt = load_checkpoint(path)
     spec = ckpt.get("spec", {})
+    adopt = getattr(model.backbone, "adopt_checkpoint", None)
+    if adopt is not None and spec.get("name") != model.spec.name:
+        if spec.get("head") != model.spec.head:
+            raise ValueError(f"config field 'init_from': {path} holds head {spec.get('head')!r}, "
+                             f"this run builds {model.spec.head!r}")
+        # A model built around another one's trunk (al_dlib_resnet around dlib_resnet): its backbone takes
+        # the checkpoint's backbone weights where they fit, the head is the checkpoint's own.
+        state = ckpt["state_dict"]
+        try:
+            adopt(spec.get("name"), {k.removeprefix("backbone."): v for k, v in state.items()
+                                     if k.startswith("backbone.")})
+            model.head.load_state_dict({k.removeprefix("head."): v for k, v in state.items()
+                                        if k.startswith("head.")})
+        except (RuntimeError, ValueError) as exc:
+            raise ValueError(f"config field 'init_from': {path} does not fit this model: {exc}") from exc
+        return
     for key in ("name", "head"):
         if spec.get(key) != getattr(model.spec, key):
             raise ValueError(f"config field 'init_from': {path} holds {key} {spec.get(key)!r}, "
@@ -142,10 +160,15 @@ def _init_weights_from(model: AgeModel, path: str) -> None:
         raise ValueError(f"config field 'init_from': {path} does not fit this model: {exc}") from exc
 
 
-def _is_trunk(name: str) -> bool:
-    """A pretrained trunk parameter: in the backbone, outside its ``neck`` (a feature standardisation that
-    is new, so it learns at the head's rate)."""
-    return name.startswith("backbone.") and not name.startswith("backbone.neck.")
+def _is_trunk(name: str, fresh: tuple[str, ...] = ("neck",)) -> bool:
+    """A pretrained trunk parameter: in the backbone, outside its new layers ``fresh`` (the ``neck``, a
+    feature standardisation, and whatever a backbone lists as ``fresh_modules``), which learn at the head's
+    rate."""
+    return name.startswith("backbone.") and not any(name.startswith(f"backbone.{m}.") for m in fresh)
+
+
+def _fresh_modules(model: torch.nn.Module) -> tuple[str, ...]:
+    return ("neck", *getattr(getattr(model, "backbone", None), "fresh_modules", ()))
 
 
 def make_optimizer(config: TrainConfig, model: torch.nn.Module,
@@ -161,9 +184,10 @@ def make_optimizer(config: TrainConfig, model: torch.nn.Module,
     # One pass over all parameters when the trunk has the head's rate: the groups of runs before
     # backbone_lr_mult existed, so their last.pt still resumes.
     splits = (None,) if config.backbone_lr_mult == 1.0 else (False, True)
+    fresh = _fresh_modules(model)
     for trunk in splits:
         named = [(n, p) for n, p in model.named_parameters()
-                 if p.requires_grad and (trunk is None or _is_trunk(n) == trunk)]
+                 if p.requires_grad and (trunk is None or _is_trunk(n, fresh) == trunk)]
         groups += split(named, config.backbone_lr_mult if trunk else 1.0)
     if extra is not None:
         groups += split(list(extra.named_parameters()), 1.0)
@@ -500,8 +524,9 @@ def _train_step(ctx: TrainContext, batch: Batch, lr: float) -> float:
 def _set_trunk_frozen(model: AgeModel, frozen: bool) -> None:
     """Linear probing: the trunk gets no gradients (and is not back-propagated through) while ``frozen``.
     Its BatchNorm layers, if any, keep training-mode statistics so the switch changes nothing else."""
+    fresh = _fresh_modules(model)
     for name, param in model.named_parameters():
-        if _is_trunk(name):
+        if _is_trunk(name, fresh):
             param.requires_grad_(not frozen)
 
 
