@@ -224,3 +224,23 @@ def test_init_from_a_dlib_resnet_checkpoint_builds_the_al_model_around_it(tmp_pa
     save_checkpoint(tmp_path / "coral.pt", {"spec": other.spec.to_dict(), "state_dict": other.state_dict()})
     with pytest.raises(ValueError, match="init_from.*head"):
         _init_weights_from(create_model("al_dlib_resnet", input_size=150), str(tmp_path / "coral.pt"))
+
+
+def test_al_dlib_resnet_exports_to_onnx():
+    """Its resize (a matrix, not antialiased interpolate) and crops (no affine_grid) export at opset 17."""
+    pytest.importorskip("onnxruntime")
+    from deepage.inference.export import INPUT_NAME, OUTPUT_NAME, model_to_onnx_bytes, onnx_session
+
+    torch.manual_seed(0)
+    model = create_model("al_dlib_resnet", input_size=188, stored_size=200, crop_pct=0.9375).eval()
+    with torch.no_grad():
+        model.backbone.local_proj.weight.normal_(0, 0.1)  # so that the local branch shows in the output
+    x = torch.randn(2, 3, 188, 188)
+    view = torch.nn.functional.interpolate(x, size=(150, 150), mode="bilinear", align_corners=False,
+                                           antialias=True)
+    torch.testing.assert_close(model.backbone.view_matrix @ x @ model.backbone.view_matrix.T, view,
+                               atol=1e-5, rtol=0)
+    with torch.no_grad():
+        expected = model(x).numpy()
+    got = onnx_session(model_to_onnx_bytes(model)).run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0]
+    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)

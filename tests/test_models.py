@@ -207,6 +207,20 @@ def test_boxes_to_pixels_and_crop():
     assert crops[1, 0].tolist() == [[8.0, 9.0], [12.0, 13.0]]  # the bottom-left 2×2 pixels exactly
 
 
+def test_crop_regions_samples_where_affine_grid_would():
+    """The written-out grid (ONNX opset 17 has no affine_grid) is affine_grid's for a scale-and-shift box."""
+    torch.manual_seed(0)
+    images = torch.randn(2, 3, 40, 36)
+    boxes = torch.tensor([[[0.1, -0.2, 0.3], [0.0, 0.0, 0.6]], [[-0.5, 0.4, 0.25], [0.2, 0.1, 0.5]]])
+    cx, cy, s = boxes.reshape(4, 3).unbind(-1)
+    zero = torch.zeros_like(s)
+    theta = torch.stack([torch.stack([s, zero, cx], -1), torch.stack([zero, s, cy], -1)], dim=1)
+    grid = torch.nn.functional.affine_grid(theta, [4, 3, 12, 12], align_corners=False)
+    expected = torch.nn.functional.grid_sample(images.repeat_interleave(2, dim=0), grid, mode="bilinear",
+                                               padding_mode="border", align_corners=False)
+    torch.testing.assert_close(crop_regions(images, boxes, 12), expected, atol=1e-4, rtol=0)
+
+
 def test_alresnet_regions_stay_inside_and_follow_the_input():
     torch.manual_seed(0)
     model = ALResNet(trunk="resnet18", input_size=64, steps=3).eval()

@@ -76,11 +76,13 @@ def crop_regions(images: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.
     ``(cx, cy, s)`` → ``(B·T, C, size, size)`` bilinear samples, differentiable w.r.t. the boxes (and images).
     Region ``b·T + t`` is box ``t`` of image ``b``."""
     B, T, _ = boxes.shape
-    cx, cy, s = boxes.reshape(B * T, 3).unbind(-1)
-    zero = torch.zeros_like(s)
-    rows = [torch.stack([s, zero, cx], -1), torch.stack([zero, s, cy], -1)]
-    theta = torch.stack(rows, dim=1)  # (B·T, 2, 3)
-    grid = F.affine_grid(theta, [B * T, images.shape[1], size, size], align_corners=False)
+    cx, cy, s = boxes.reshape(B * T, 1, 3).unbind(-1)  # (B·T, 1) each
+    # What F.affine_grid makes of the transform [[s, 0, cx], [0, s, cy]], written out: a box has no rotation,
+    # so the grid is the output pixel centres scaled and shifted (and this exports to ONNX opset 17, which
+    # has no affine_grid).
+    base = (torch.arange(size, device=boxes.device, dtype=boxes.dtype) * 2 + 1) / size - 1  # (size,)
+    gx, gy = s * base + cx, s * base + cy  # (B·T, size)
+    grid = torch.stack([gx.unsqueeze(1).expand(-1, size, -1), gy.unsqueeze(2).expand(-1, -1, size)], dim=-1)
     return F.grid_sample(images.repeat_interleave(T, dim=0), grid, mode="bilinear", padding_mode="border",
                          align_corners=False)
 

@@ -316,6 +316,15 @@ class DlibLocalNet(nn.Module):
         return self.blocks(x).mean(dim=(2, 3))
 
 
+def _resize_matrix(source: int, target: int) -> torch.Tensor:
+    """``(target, source)``: row ``i`` holds the weights of ``F.interpolate(..., antialias=True)``'s bilinear
+    resize for output pixel ``i`` (the resize is separable, so ``R x Rᵀ`` is the 2-D resize)."""
+    if source == target:
+        return torch.eye(source)
+    eye = torch.eye(source).reshape(1, 1, source, source)
+    return F.interpolate(eye, size=(target, source), mode="bilinear", align_corners=False, antialias=True)[0, 0]
+
+
 # Where the steps start looking on UTKFace-style chips (x, y in [-1, 1], y down): the two eye regions (crow's
 # feet, eyelids) and the mouth (nasolabial folds), the age-sensitive regions of the paper's figures.
 _FACE_PRIORS = [(-0.3, -0.15), (0.3, -0.15), (0.0, 0.35)]
@@ -348,12 +357,17 @@ class DlibALResNet(nn.Module):
     fresh_modules = ("trunk.neck", "attention", "local_norm", "local_proj")
     """New layers, trained at the head's rate (the rest is pretrained trunk: ``backbone_lr_mult``)."""
 
-    def __init__(self, global_size: int = DLIB_NATIVE_SIZE, steps: int = 3, region_size: int = 100,
-                 hidden: int = 256, min_scale: float = 0.25, max_scale: float = 0.6, norm: str = "affine") -> None:
+    def __init__(self, input_size: int = 188, global_size: int = DLIB_NATIVE_SIZE, steps: int = 3,
+                 region_size: int = 100, hidden: int = 256, min_scale: float = 0.25, max_scale: float = 0.6,
+                 norm: str = "affine") -> None:
         super().__init__()
         from .alresnet import AttentionLSTM
 
         self.global_size, self.region_size, self.steps = global_size, region_size, steps
+        # The global view's resize as a matrix, (global_size, input_size): torch's antialiased bilinear
+        # weights, applied as R x Rᵀ, because ONNX export has no antialiased resize (same numbers, to
+        # rounding). Not saved: it follows from the sizes.
+        self.register_buffer("view_matrix", _resize_matrix(input_size, global_size), persistent=False)
         self.trunk = DlibResNet(feature="pooled", norm=norm, standardize=True)
         self.local_net = DlibLocalNet(DlibResNet(feature="pooled", norm=norm, standardize=False))
         self.attention = AttentionLSTM(128, hidden=hidden, attn_dim=hidden, steps=steps,
@@ -371,7 +385,9 @@ class DlibALResNet(nn.Module):
         from .alresnet import ALResNetOutput, boxes_to_pixels, crop_regions
 
         view = x
-        if x.shape[-1] != self.global_size or x.shape[-2] != self.global_size:
+        if x.shape[-1] == x.shape[-2] == self.view_matrix.shape[1]:
+            view = self.view_matrix @ x @ self.view_matrix.T
+        elif x.shape[-1] != self.global_size or x.shape[-2] != self.global_size:
             view = F.interpolate(x, size=(self.global_size, self.global_size), mode="bilinear",
                                  align_corners=False, antialias=True)
         mid, last = self.trunk.forward_maps(view)
@@ -407,8 +423,8 @@ def al_dlib_resnet(input_size: int, pretrained: bool = False, steps: int = 3, re
                    hidden: int = 256, min_scale: float = 0.25, max_scale: float = 0.6,
                    norm: str = "affine") -> Backbone:
     """:class:`DlibALResNet`; ``pretrained=True`` reads dlib's weights into the trunk and the local network."""
-    module = DlibALResNet(steps=steps, region_size=region_size, hidden=hidden, min_scale=min_scale,
-                          max_scale=max_scale, norm=norm)
+    module = DlibALResNet(input_size=input_size, steps=steps, region_size=region_size, hidden=hidden,
+                          min_scale=min_scale, max_scale=max_scale, norm=norm)
     if pretrained:
         local = offline_dlib_weights()
         if local is None:
