@@ -143,7 +143,7 @@ def _cmd_ensemble(args: argparse.Namespace) -> int:
     from .models.ensemble import build_ensemble_checkpoint
 
     payload = build_ensemble_checkpoint(args.checkpoints, args.output, data=args.data, split=args.split,
-                                        half=not args.float32)
+                                        half=not args.float32, antialias=args.antialias)
     print(f"wrote {args.output}: an ensemble of {len(args.checkpoints)} models")
     if payload["metrics"]:
         print(f"{args.split}: " + json.dumps(payload["metrics"]))
@@ -389,6 +389,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="val", choices=["train", "val", "test", "all"],
                    help="the split --data scores it on (default val)")
     p.add_argument("--float32", action="store_true", help="store float32 weights (default float16: half the file)")
+    p.add_argument("--antialias", action="store_true", help="resize the other members' inputs from the first's "
+                   "with antialiasing (default: plain bilinear, as ensembles made before the option)")
 
     p = _add(sub, "compare", "leaderboard over run folders (markdown, CSV and a bar chart)",
              "deepage compare runs/* --out leaderboard", _cmd_compare)

@@ -123,3 +123,31 @@ def test_the_ensemble_answers_by_its_estimate(members, tmp_path):
     probs = logits.softmax(1)
     torch.testing.assert_close(by_mean.predict(logits).age, probs @ torch.arange(101.0))
     torch.testing.assert_close(ensemble.predict(logits).age, point_age(probs, "median"))
+
+
+def test_antialias_resizes_members_inputs_with_antialiased_weights(tmp_path):
+    """``antialias``: a member whose input is a downscale of the first's sees torch's antialiased resize
+    (kept as a matrix, so the graph exports); without it, plain bilinear as before; the flag is in the spec."""
+    from deepage.models.ensemble import MemberInput
+    from deepage.preprocessing import Preprocessing
+
+    outer = Preprocessing(input_size=40, stored_size=40, crop_pct=1.0, normalization="unit")
+    inner = Preprocessing(input_size=24, stored_size=40, crop_pct=1.0, normalization="unit")
+    x = torch.randn(2, 3, 40, 40)
+    expected = torch.nn.functional.interpolate(x, size=(24, 24), mode="bilinear", align_corners=False,
+                                               antialias=True)
+    torch.testing.assert_close(MemberInput(outer, inner, antialias=True)(x), expected, atol=1e-5, rtol=0)
+    plain = torch.nn.functional.interpolate(x, size=(24, 24), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(MemberInput(outer, inner)(x), plain)
+
+    wide, _ = _member(tmp_path / "wide.pt", 0, input_size=32, crop_pct=1.0, normalization="unit")
+    small, _ = _member(tmp_path / "small.pt", 1, input_size=20, crop_pct=1.0, normalization="unit")
+    payload = build_ensemble_checkpoint([wide, small], tmp_path / "aa.pt", half=False, antialias=True)
+    assert payload["spec"]["model_kwargs"]["antialias"] is True
+    model = model_from_checkpoint(tmp_path / "aa.pt")
+    assert model.inputs[1].resize_matrix is not None and model.inputs[0].resize_matrix is None
+
+    pytest.importorskip("onnxruntime")
+    from deepage.inference.export import check_onnx, model_to_onnx_bytes
+
+    check_onnx(model, model_to_onnx_bytes(model), "ensemble")

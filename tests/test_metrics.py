@@ -20,6 +20,7 @@ from deepage.evaluation.metrics import (
     mae,
     one_off_accuracy,
     one_vs_rest_auc,
+    paired_bootstrap,
     prediction_metrics,
     reliability_bins,
 )
@@ -200,3 +201,18 @@ def test_json_safe_turns_nan_into_null():
     )
     assert out == {"a": None, "b": 0.5, "c": [3, None], "d": True}
     assert json.dumps(out, allow_nan=False)
+
+
+def test_paired_bootstrap_measures_the_paired_difference():
+    rng = np.random.default_rng(0)
+    a = rng.exponential(4.5, size=2000)  # per-image absolute errors of model A
+    b = a - 0.1 + rng.normal(0, 0.5, size=2000)  # B: 0.1 years better, strongly paired with A
+    result = paired_bootstrap(a, b, n_boot=500)
+    assert result["difference"] == pytest.approx(float(np.mean(b - a)))
+    assert 0.005 < result["se"] < 0.02  # ~0.5 / sqrt(2000), far below either model's own spread (~0.1)
+    lo, hi = result["ci95"]
+    assert lo < result["difference"] < hi < 0
+    unpaired = paired_bootstrap(a, rng.permutation(b), n_boot=500)
+    assert unpaired["se"] > 5 * result["se"]
+    with pytest.raises(ValueError, match="equal, non-empty"):
+        paired_bootstrap(a, b[:10])

@@ -39,6 +39,7 @@ from .predictions import Predictions
 
 __all__ = [
     "mae",
+    "paired_bootstrap",
     "cumulative_score",
     "cs_curve",
     "one_off_accuracy",
@@ -69,6 +70,22 @@ RACE_NAMES = {0: "White", 1: "Black", 2: "Asian", 3: "Indian", 4: "Others", -1: 
 def mae(age_true: np.ndarray, age_pred: np.ndarray) -> float:
     """Mean absolute error in years over ``(N,)`` true and predicted ages."""
     return float(np.mean(np.abs(np.asarray(age_pred, float) - np.asarray(age_true, float))))
+
+
+def paired_bootstrap(per_image_a: np.ndarray, per_image_b: np.ndarray, n_boot: int = 2000,
+                     seed: int = 0) -> dict:
+    """How sure a difference between two models scored on the same images is: ``(N,)`` per-image scores
+    (absolute errors, or 1/0 for a correct class) of model A and model B, resampled together (the same
+    images for both, so the spread is that of the *paired* difference, much smaller than either score's).
+    Returns ``{"difference": mean(B) - mean(A), "se": its bootstrap standard error, "ci95": [lo, hi]}``."""
+    a, b = np.asarray(per_image_a, float), np.asarray(per_image_b, float)
+    if a.shape != b.shape or a.ndim != 1 or len(a) == 0:
+        raise ValueError(f"paired scores need two equal, non-empty 1-D arrays, got {a.shape} and {b.shape}")
+    diff = b - a
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, len(diff), size=(n_boot, len(diff)))].mean(axis=1)
+    return {"difference": float(diff.mean()), "se": float(means.std(ddof=1)),
+            "ci95": [float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))]}
 
 
 def cumulative_score(age_true: np.ndarray, age_pred: np.ndarray, k: float = 5) -> float:

@@ -46,7 +46,8 @@ import torch.nn.functional as F
 from .registry import Backbone, register_model
 
 __all__ = ["DlibResNet", "DlibALResNet", "DlibLocalNet", "offline_dlib_weights", "read_dlib_resnet_weights",
-           "load_dlib_weights", "DLIB_MEAN_RGB", "DLIB_NATIVE_SIZE", "down_block_sides", "keeps_native_geometry"]
+           "load_dlib_weights", "DLIB_MEAN_RGB", "DLIB_NATIVE_SIZE", "down_block_sides", "keeps_native_geometry",
+           "antialiased_resize_matrix"]
 
 DLIB_MEAN_RGB = (122.782, 117.001, 104.298)
 """``input_rgb_image``'s per-channel means; it feeds ``(x - mean) / 256`` (the ``dlib`` normalisation)."""
@@ -316,7 +317,7 @@ class DlibLocalNet(nn.Module):
         return self.blocks(x).mean(dim=(2, 3))
 
 
-def _resize_matrix(source: int, target: int) -> torch.Tensor:
+def antialiased_resize_matrix(source: int, target: int) -> torch.Tensor:
     """``(target, source)``: row ``i`` holds the weights of ``F.interpolate(..., antialias=True)``'s bilinear
     resize for output pixel ``i`` (the resize is separable, so ``R x Rᵀ`` is the 2-D resize)."""
     if source == target:
@@ -367,7 +368,7 @@ class DlibALResNet(nn.Module):
         # The global view's resize as a matrix, (global_size, input_size): torch's antialiased bilinear
         # weights, applied as R x Rᵀ, because ONNX export has no antialiased resize (same numbers, to
         # rounding). Not saved: it follows from the sizes.
-        self.register_buffer("view_matrix", _resize_matrix(input_size, global_size), persistent=False)
+        self.register_buffer("view_matrix", antialiased_resize_matrix(input_size, global_size), persistent=False)
         self.trunk = DlibResNet(feature="pooled", norm=norm, standardize=True)
         self.local_net = DlibLocalNet(DlibResNet(feature="pooled", norm=norm, standardize=False))
         self.attention = AttentionLSTM(128, hidden=hidden, attn_dim=hidden, steps=steps,

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from ..labels import AGE_BINS
 from ..preprocessing import NORMALIZATIONS, Preprocessing
+from .dlib_resnet import antialiased_resize_matrix
 from .heads import ANSWER_OPTIONS, DexHead
 from .registry import AgeModel, Backbone, ModelSpec
 
@@ -47,9 +48,10 @@ def _normalisation(name: str) -> tuple[torch.Tensor, torch.Tensor]:
 class MemberInput(nn.Module):
     """The ensemble's input ``(B, 3, S, S)`` (preprocessed by ``outer``) → a member's ``(B, 3, s, s)``
     (as ``inner`` would have preprocessed the same face): the central ``inner.crop_pct / outer.crop_pct`` of
-    the image, resized to ``inner.input_size`` (bilinear), renormalised."""
+    the image, resized to ``inner.input_size`` (bilinear; ``antialias``: with torch's antialiased weights,
+    as a matrix ``R x Rᵀ`` so that it exports to ONNX), renormalised."""
 
-    def __init__(self, outer: Preprocessing, inner: Preprocessing) -> None:
+    def __init__(self, outer: Preprocessing, inner: Preprocessing, antialias: bool = False) -> None:
         super().__init__()
         if inner.crop_pct > outer.crop_pct + 1e-9:
             raise ValueError(f"an ensemble member with crop_pct {inner.crop_pct} sees more of the face than the "
@@ -66,13 +68,17 @@ class MemberInput(nn.Module):
         self.register_buffer("shift", (mean_o - mean_i) / std_i, persistent=False)
         self.identity = (self.side == outer.input_size and self.size == outer.input_size
                          and outer.normalization == inner.normalization)
+        matrix = antialiased_resize_matrix(self.side, self.size) if antialias and self.size != self.side else None
+        self.register_buffer("resize_matrix", matrix, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.identity:
             return x
         if self.side != x.shape[-1]:
             x = x[:, :, self.offset:self.offset + self.side, self.offset:self.offset + self.side]
-        if self.size != self.side:
+        if self.resize_matrix is not None:
+            x = self.resize_matrix @ x @ self.resize_matrix.T
+        elif self.size != self.side:
             x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
         return x * self.scale + self.shift
 
@@ -80,7 +86,9 @@ class MemberInput(nn.Module):
 class EnsembleModel(AgeModel):
     """``(B, 3, S, S)`` (the first member's input) → ``(B, 101)``: log of the members' mean age distribution.
 
-    ``spec.model_kwargs["members"]``: the members' :class:`ModelSpec` dicts (DEX heads only)."""
+    ``spec.model_kwargs["members"]``: the members' :class:`ModelSpec` dicts (DEX heads only);
+    ``spec.model_kwargs["antialias"]`` (default False, the ensembles made before it): how the members' inputs
+    are resized from the first's (:class:`MemberInput`)."""
 
     def __init__(self, spec: ModelSpec) -> None:
         from .registry import build_from_spec
@@ -99,7 +107,8 @@ class EnsembleModel(AgeModel):
         head.fc = nn.Identity()  # the input is already log-probabilities: softmax gives them back
         super().__init__(spec, Backbone(nn.Identity(), AGE_BINS), head)
         self.members = nn.ModuleList(build_from_spec(m) for m in member_specs)
-        self.inputs = nn.ModuleList(MemberInput(spec.preprocessing, m.preprocessing) for m in member_specs)
+        antialias = bool(spec.model_kwargs.get("antialias", False))
+        self.inputs = nn.ModuleList(MemberInput(spec.preprocessing, m.preprocessing, antialias) for m in member_specs)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, 3, S, S)`` → ``(B, 101)``: the log mean distribution (an ensemble has no shared features)."""
@@ -108,14 +117,16 @@ class EnsembleModel(AgeModel):
         return torch.logsumexp(torch.stack(logs), dim=0) - math.log(len(logs))
 
 
-def ensemble_spec(members: list[ModelSpec]) -> ModelSpec:
+def ensemble_spec(members: list[ModelSpec], antialias: bool = False) -> ModelSpec:
     """The spec of an ensemble of ``members`` (the first one's preprocessing)."""
-    return ModelSpec(name=ENSEMBLE, head="dex", preprocessing=members[0].preprocessing,
-                     model_kwargs={"members": [m.to_dict() for m in members]})
+    kwargs: dict = {"members": [m.to_dict() for m in members]}
+    if antialias:
+        kwargs["antialias"] = True
+    return ModelSpec(name=ENSEMBLE, head="dex", preprocessing=members[0].preprocessing, model_kwargs=kwargs)
 
 
 def build_ensemble_checkpoint(checkpoints: list, output, data=None, split: str = "val",
-                              half: bool = True, batch_size: int = 128) -> dict:
+                              half: bool = True, batch_size: int = 128, antialias: bool = False) -> dict:
     """Write one checkpoint holding the DEX models ``checkpoints`` (paths, in order: the first one's input is
     the ensemble's) as an :class:`EnsembleModel`, and return it.
 
@@ -124,7 +135,8 @@ def build_ensemble_checkpoint(checkpoints: list, output, data=None, split: str =
     ensemble is scored on, through its own single-input path; those numbers become the checkpoint's
     ``metrics`` (without ``data`` it has none). ``half``: store the weights as float16 (half the file; they
     load into float32, and with ``data`` it is the stored weights that are scored). Age
-    gates are not carried over: they belong to one model's scores (``deepage calibrate`` the result)."""
+    gates are not carried over: they belong to one model's scores (``deepage calibrate`` the result).
+    ``antialias``: resize the members' inputs with antialiasing (:class:`MemberInput`)."""
 
     from ..checkpoint import load_checkpoint, save_checkpoint
 
@@ -135,7 +147,7 @@ def build_ensemble_checkpoint(checkpoints: list, output, data=None, split: str =
         shown = ", ".join(f"{p.name}: {c.get('split_fingerprint')}" for p, c in zip(paths, ckpts, strict=True))
         raise ValueError(f"ensemble members were trained on different splits ({shown}); use members of one split")
     specs = [ModelSpec.from_dict(c["spec"]) for c in ckpts]
-    spec = ensemble_spec(specs)
+    spec = ensemble_spec(specs, antialias=antialias)
     model = EnsembleModel(spec)
     for member, ckpt, path in zip(model.members, ckpts, paths, strict=True):
         try:
