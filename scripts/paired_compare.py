@@ -54,6 +54,10 @@ def main() -> None:
         raise SystemExit(f"{args.a} and {args.b} score different images ({len(a)} and {len(b)} rows, "
                          f"{len(set(a) & set(b))} shared): evaluate both on the same split")
     rows = sorted(a)
+    mismatched = [r for r in rows if a[r]["age_true"] != b[r]["age_true"]]
+    if mismatched:
+        raise SystemExit(f"{args.a} and {args.b} give row {mismatched[0]} different true ages "
+                         f"({len(mismatched)} rows): they are not the same images")
     sa, sb = per_image_scores(a, rows), per_image_scores(b, rows)
     print(f"{len(rows)} images; B - A (negative MAE = B better; positive accuracy = B better)")
     print("| metric | A | B | B - A | bootstrap SE | 95 % interval |")

@@ -43,6 +43,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .alresnet import ALResNetOutput, AttentionLSTM, boxes_to_pixels, crop_regions
 from .registry import Backbone, register_model
 
 __all__ = ["DlibResNet", "DlibALResNet", "DlibLocalNet", "offline_dlib_weights", "read_dlib_resnet_weights",
@@ -362,8 +363,6 @@ class DlibALResNet(nn.Module):
                  region_size: int = 100, hidden: int = 256, min_scale: float = 0.25, max_scale: float = 0.6,
                  norm: str = "affine") -> None:
         super().__init__()
-        from .alresnet import AttentionLSTM
-
         self.global_size, self.region_size, self.steps = global_size, region_size, steps
         # The global view's resize as a matrix, (global_size, input_size): torch's antialiased bilinear
         # weights, applied as R x Rᵀ, because ONNX export has no antialiased resize (same numbers, to
@@ -381,10 +380,8 @@ class DlibALResNet(nn.Module):
         nn.init.zeros_(self.local_proj.bias)
         self.num_features = self.trunk.num_features
 
-    def forward_details(self, x: torch.Tensor):
+    def forward_details(self, x: torch.Tensor) -> ALResNetOutput:
         """Features ``(B, 256)``, boxes ``(B, T, 4)`` in pixels of ``x`` and attention ``(B, T, 8, 8)``."""
-        from .alresnet import ALResNetOutput, boxes_to_pixels, crop_regions
-
         view = x
         if x.shape[-1] == x.shape[-2] == self.view_matrix.shape[1]:
             view = self.view_matrix @ x @ self.view_matrix.T
