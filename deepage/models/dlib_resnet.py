@@ -45,10 +45,10 @@ import torch.nn.functional as F
 
 from .alresnet import ALResNetOutput, AttentionLSTM, boxes_to_pixels, crop_regions
 from .registry import Backbone, register_model
+from .resize import antialiased_resize_matrix
 
 __all__ = ["DlibResNet", "DlibALResNet", "DlibLocalNet", "offline_dlib_weights", "read_dlib_resnet_weights",
-           "load_dlib_weights", "DLIB_MEAN_RGB", "DLIB_NATIVE_SIZE", "down_block_sides", "keeps_native_geometry",
-           "antialiased_resize_matrix"]
+           "load_dlib_weights", "DLIB_MEAN_RGB", "DLIB_NATIVE_SIZE", "down_block_sides", "keeps_native_geometry"]
 
 DLIB_MEAN_RGB = (122.782, 117.001, 104.298)
 """``input_rgb_image``'s per-channel means; it feeds ``(x - mean) / 256`` (the ``dlib`` normalisation)."""
@@ -151,6 +151,11 @@ class _Block(nn.Module):
         return F.relu(out + skip)
 
 
+def _stem(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """dlib's stem on ``net``'s ``conv1`` and ``norm1``: conv 7x7/2, affine, ReLU, max-pool 3x3/2."""
+    return F.max_pool2d(F.relu(net.norm1(net.conv1(x))), 3, 2)
+
+
 class DlibResNet(nn.Module):
     """``(B, 3, H, W)`` normalised as ``(x - DLIB_MEAN_RGB) / 256`` → features.
 
@@ -183,14 +188,12 @@ class DlibResNet(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, 3, H, W)`` → ``(B, 256, h, w)`` (``h = w = 2`` at 150 px)."""
-        x = F.max_pool2d(F.relu(self.norm1(self.conv1(x))), 3, 2)
-        return self.blocks(x)
+        return self.blocks(_stem(self, x))
 
     def forward_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(B, 3, H, W)`` → the 128-filter level's map ``(B, 128, 8, 8)`` and the last map
         ``(B, 256, 2, 2)`` (sides at 150 px): the first for attention, the second for :meth:`pool`."""
-        x = F.max_pool2d(F.relu(self.norm1(self.conv1(x))), 3, 2)
-        mid = self.blocks[:MID_LEVEL_BLOCKS](x)
+        mid = self.blocks[:MID_LEVEL_BLOCKS](_stem(self, x))
         return mid, self.blocks[MID_LEVEL_BLOCKS:](mid)
 
     def pool(self, fmap: torch.Tensor) -> torch.Tensor:
@@ -314,17 +317,7 @@ class DlibLocalNet(nn.Module):
         self.num_features = 128
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.max_pool2d(F.relu(self.norm1(self.conv1(x))), 3, 2)
-        return self.blocks(x).mean(dim=(2, 3))
-
-
-def antialiased_resize_matrix(source: int, target: int) -> torch.Tensor:
-    """``(target, source)``: row ``i`` holds the weights of ``F.interpolate(..., antialias=True)``'s bilinear
-    resize for output pixel ``i`` (the resize is separable, so ``R x Rᵀ`` is the 2-D resize)."""
-    if source == target:
-        return torch.eye(source)
-    eye = torch.eye(source).reshape(1, 1, source, source)
-    return F.interpolate(eye, size=(target, source), mode="bilinear", align_corners=False, antialias=True)[0, 0]
+        return self.blocks(_stem(self, x)).mean(dim=(2, 3))
 
 
 # Where the steps start looking on UTKFace-style chips (x, y in [-1, 1], y down): the two eye regions (crow's
@@ -380,16 +373,24 @@ class DlibALResNet(nn.Module):
         nn.init.zeros_(self.local_proj.bias)
         self.num_features = self.trunk.num_features
 
+    def _global_view(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, H, W)`` → ``(B, 3, 150, 150)``, the trunk's input."""
+        if x.shape[-1] == x.shape[-2] == self.global_size:
+            return x
+        if x.shape[-1] == x.shape[-2] == self.view_matrix.shape[1]:
+            return self.view_matrix @ x @ self.view_matrix.T
+        return F.interpolate(x, size=(self.global_size, self.global_size), mode="bilinear", align_corners=False,
+                             antialias=True)
+
+    def _locate(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The trunk's last map ``(B, 256, 2, 2)``, boxes ``(B, T, 3)`` normalised, attention ``(B, T, 8, 8)``."""
+        mid, last = self.trunk.forward_maps(self._global_view(x))
+        boxes, attention = self.attention(mid)
+        return last, boxes, attention
+
     def forward_details(self, x: torch.Tensor) -> ALResNetOutput:
         """Features ``(B, 256)``, boxes ``(B, T, 4)`` in pixels of ``x`` and attention ``(B, T, 8, 8)``."""
-        view = x
-        if x.shape[-1] == x.shape[-2] == self.view_matrix.shape[1]:
-            view = self.view_matrix @ x @ self.view_matrix.T
-        elif x.shape[-1] != self.global_size or x.shape[-2] != self.global_size:
-            view = F.interpolate(x, size=(self.global_size, self.global_size), mode="bilinear",
-                                 align_corners=False, antialias=True)
-        mid, last = self.trunk.forward_maps(view)
-        boxes, attention = self.attention(mid)
+        last, boxes, attention = self._locate(x)
         regions = crop_regions(x, boxes, self.region_size)  # (B·T, 3, R, R)
         local = self.local_net(regions).reshape(x.shape[0], -1)  # (B, T·128)
         features = self.trunk.pool(last) + self.local_proj(self.local_norm(local))
@@ -399,8 +400,9 @@ class DlibALResNet(nn.Module):
         return self.forward_details(x).features
 
     def attended_regions(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, 3, H, W)`` → ``(B, T, 4)`` boxes ``(x0, y0, x1, y1)`` in pixels of ``x``."""
-        return self.forward_details(x).boxes
+        """``(B, 3, H, W)`` → ``(B, T, 4)`` boxes ``(x0, y0, x1, y1)`` in pixels of ``x`` (the local network is
+        not run)."""
+        return boxes_to_pixels(self._locate(x)[1], x.shape[2], x.shape[3])
 
     def adopt_checkpoint(self, source_model: str, backbone_state: dict[str, torch.Tensor]) -> None:
         """Start from a trained ``dlib_resnet``'s backbone weights (``backbone.`` prefix removed): the trunk

@@ -28,9 +28,9 @@ import torch.nn.functional as F
 
 from ..labels import AGE_BINS
 from ..preprocessing import NORMALIZATIONS, Preprocessing
-from .dlib_resnet import antialiased_resize_matrix
 from .heads import ANSWER_OPTIONS, DexHead
 from .registry import AgeModel, Backbone, ModelSpec
+from .resize import antialiased_resize_matrix
 
 __all__ = ["ENSEMBLE", "EnsembleModel", "MemberInput", "ensemble_spec", "build_ensemble_checkpoint",
            "unpack_ensemble_checkpoint"]
