@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 
-import cv2
 import h5py
 import numpy as np
 import torch
@@ -36,8 +35,7 @@ def trunk_features(name: str, images: np.ndarray, batch: int = 64) -> np.ndarray
     out = []
     with torch.no_grad():
         for i in range(0, len(images), batch):
-            chips = [cv2.resize(im, (size, size), interpolation=cv2.INTER_AREA) for im in images[i:i + batch]]
-            x = images_to_batch(chips, model.spec.preprocessing)
+            x = images_to_batch(list(images[i:i + batch]), model.spec.preprocessing)  # resized as ingest does
             out.append((model.backbone.descriptor(x) if name == "dlib_resnet" else model.backbone(x)).numpy())
     return np.concatenate(out)
 
