@@ -5,10 +5,10 @@ Goals: p50 ≤ 50 ms end to end; ONNX/PyTorch ≤ 0.7. The model alone (the prep
 through the network and the head) is timed too, since detection costs both backends the same.
 
     python bench/predict.py                       # the bundled model (and its int8 graph), if present
-    python bench/predict.py --model deepage/assets/fast_model.int8.onnx   # the previous, 10x cheaper default
+    python bench/predict.py --model deepage/assets/fast_model.int8.onnx   # the previous, 7x cheaper default
 
-The bundled default's third member (InsightFace's MobileFaceNet) costs it about ten times the previous
-default's model time per face (int8: 24.7 against 2.6 ms on one thread, ``scripts/graph_speed.py``).
+The bundled default's third member (InsightFace's MobileFaceNet) costs it about seven times the previous
+default's model time per face (int8: 17.2 against 2.6 ms on one thread, ``scripts/graph_speed.py``).
     python bench/predict.py --model runs/NAME/best.pt --runs 50 --threads 1
 """
 

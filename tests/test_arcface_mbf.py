@@ -88,5 +88,25 @@ def test_onnx_export_matches_torch():
     x = torch.randn(3, 3, 112, 112)
     with torch.no_grad():
         expected = model(x).numpy()
-    got = onnx_session(model_to_onnx_bytes(model)).run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0]
+    data = model_to_onnx_bytes(model)
+    got = onnx_session(data).run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0]
     np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+    import onnx
+
+    ops = {node.op_type for node in onnx.load_from_string(data).graph.node}
+    assert "PRelu" not in ops and "Conv" in ops  # PReLUs go out as depthwise convolutions (faster in ORT)
+    assert any(isinstance(m, torch.nn.PReLU) for m in model.modules())  # the model itself is untouched
+
+
+def test_prelu_as_convs_is_the_same_function():
+    from deepage.inference.export import PReLUAsConvs
+
+    torch.manual_seed(0)
+    prelu = torch.nn.PReLU(8)
+    with torch.no_grad():
+        prelu.weight.copy_(torch.tensor([-0.5, 0.0, 0.1, 0.25, 0.5, 1.0, 1.5, 3.0]))  # any slope, not only 0-1
+    x = torch.randn(2, 8, 5, 5)
+    rewritten = PReLUAsConvs(prelu)
+    torch.testing.assert_close(rewritten(x), prelu(x), atol=1e-6, rtol=0)
+    flat = torch.randn(4, 8)  # not a feature map: plain PReLU
+    torch.testing.assert_close(rewritten(flat), prelu(flat), atol=1e-6, rtol=0)

@@ -46,7 +46,7 @@ __all__ = ["export_onnx", "check_onnx", "check_onnx_io", "model_to_onnx_bytes", 
            "checked_onnx_bytes", "onnx_cache_dir", "quantize_int8", "WEIGHTS_KEY", "FINGERPRINT_KEY",
            "INT8_MAX_AGE_CHANGE", "OnnxAgeModel", "onnx_model_and_record", "write_onnx_metadata",
            "FORMAT_KEY", "ONNX_FORMAT", "SOURCE_SHA256_KEY",
-           "OPSET", "INPUT_NAME", "OUTPUT_NAME", "AGE_GATES_KEY"]
+           "OPSET", "GRAPH_VERSION", "PReLUAsConvs", "export_form", "INPUT_NAME", "OUTPUT_NAME", "AGE_GATES_KEY"]
 
 log = logging.getLogger(__name__)
 
@@ -56,13 +56,57 @@ INT8_MAX_AGE_CHANGE = 0.5
 images, in years) is refused."""
 
 
+GRAPH_VERSION = 2
+"""Bumped when the exported graph's form changes (2: PReLU as depthwise convolutions), so that cached
+exports of an unchanged checkpoint are rebuilt."""
+
+
+class PReLUAsConvs(torch.nn.Module):
+    """``PReLU(x) = a·x + (1 - a)·relu(x)`` on ``(B, C, H, W)``, written as two depthwise 1x1 convolutions
+    and an add, for ONNX export only (exact: the same function).
+
+    Why: ONNX Runtime's CPU layout pass (NCHWc, on AVX-512 hosts) keeps Conv, Relu and Add in its blocked
+    layout but not PRelu, so every PReLU between two convolutions costs a reorder out of that layout and
+    back. On ``arcface_mbf`` (a PReLU after most convolutions) the float graph took 14.1 against 19.3 ms a
+    face on one thread (batch 32; docs/RESULTS.md). A per-channel PReLU only; other inputs use ``F.prelu``."""
+
+    def __init__(self, prelu: torch.nn.PReLU) -> None:
+        super().__init__()
+        slope = prelu.weight.detach().float().reshape(-1, 1, 1, 1)  # (C, 1, 1, 1): one filter per channel
+        self.register_buffer("slope", slope)
+        self.register_buffer("rest", 1.0 - slope)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[1] != self.slope.shape[0]:
+            return torch.nn.functional.prelu(x, self.slope.flatten())
+        conv = torch.nn.functional.conv2d
+        return conv(x, self.slope, groups=x.shape[1]) + conv(torch.relu(x), self.rest, groups=x.shape[1])
+
+
+def export_form(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` itself when it has no per-channel ``nn.PReLU``, else a copy whose PReLUs are
+    :class:`PReLUAsConvs`: the form :func:`model_to_onnx_bytes` exports."""
+    import copy
+
+    if not any(isinstance(m, torch.nn.PReLU) and m.num_parameters > 1 for m in model.modules()):
+        return model
+    model = copy.deepcopy(model)
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, torch.nn.PReLU) and child.num_parameters > 1:
+                setattr(parent, name, PReLUAsConvs(child))
+    return model
+
+
 def model_to_onnx_bytes(model: AgeModel, metadata: dict[str, str] | None = None, opset: int = OPSET) -> bytes:
     """The ONNX model (``input (B, 3, S, S)`` → ``outputs (B, K)``, dynamic ``B``) as bytes, with ``metadata``
-    plus the model's spec (JSON under :data:`SPEC_KEY`) in its ``metadata_props``."""
+    plus the model's spec (JSON under :data:`SPEC_KEY`) in its ``metadata_props``. Per-channel PReLUs are
+    exported as depthwise convolutions (:class:`PReLUAsConvs`)."""
     import onnx
 
-    model = model.eval()
-    size = model.spec.preprocessing.input_size
+    spec = model.spec
+    model = export_form(model.eval())
+    size = spec.preprocessing.input_size
     dummy = torch.zeros(2, 3, size, size)
     buf = io.BytesIO()
     # The TorchScript exporter (dynamo=False) is deprecated but needs no extra package; the dynamo one needs
@@ -76,7 +120,7 @@ def model_to_onnx_bytes(model: AgeModel, metadata: dict[str, str] | None = None,
                           dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
                           opset_version=opset, dynamo=False)
     proto = onnx.load_from_string(buf.getvalue())
-    props = {FORMAT_KEY: ONNX_FORMAT, SPEC_KEY: json.dumps(model.spec.to_dict()),
+    props = {FORMAT_KEY: ONNX_FORMAT, SPEC_KEY: json.dumps(spec.to_dict()),
              "deepage_version": __version__, **(metadata or {})}
     del proto.metadata_props[:]
     for key, value in props.items():
@@ -207,7 +251,8 @@ def _cache_key(checkpoint: Path, opset: int) -> str:
     """The checkpoint file's SHA-256 with the versions that shape the graph: the same key, the same graph."""
     import onnx
 
-    key = f"{file_sha256(checkpoint)}|{__version__}|torch {torch.__version__}|onnx {onnx.__version__}|opset {opset}"
+    key = (f"{file_sha256(checkpoint)}|{__version__}|torch {torch.__version__}|onnx {onnx.__version__}"
+           f"|opset {opset}|graph {GRAPH_VERSION}")
     return hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
