@@ -67,7 +67,7 @@ class PReLUAsConvs(torch.nn.Module):
 
     Why: ONNX Runtime's CPU layout pass (NCHWc, on AVX-512 hosts) keeps Conv, Relu and Add in its blocked
     layout but not PRelu, so every PReLU between two convolutions costs a reorder out of that layout and
-    back. On ``arcface_mbf`` (a PReLU after most convolutions) the float graph took 14.1 against 19.3 ms a
+    back. On ``arcface_mbf`` (a PReLU after most convolutions) the float graph took 13.7 against 18.1 ms a
     face on one thread (batch 32; docs/RESULTS.md). A per-channel PReLU only; other inputs use ``F.prelu``."""
 
     def __init__(self, prelu: torch.nn.PReLU) -> None:
