@@ -5,10 +5,11 @@ Goals: p50 ≤ 50 ms end to end; ONNX/PyTorch ≤ 0.7. The model alone (the prep
 through the network and the head) is timed too, since detection costs both backends the same.
 
     python bench/predict.py                       # the bundled model (and its int8 graph), if present
-    python bench/predict.py --model deepage/assets/fast_model.int8.onnx   # the previous, 7x cheaper default
+    python bench/predict.py --model deepage/assets/fast_model.int8.onnx   # a two-member default, ~10x cheaper
 
-The bundled default's third member (InsightFace's MobileFaceNet) costs it about seven times the previous
-default's model time per face (int8: 17.2 against 2.6 ms on one thread, ``scripts/graph_speed.py``).
+The bundled default's two MobileFaceNet members cost it most of its model time per face (int8, one thread,
+``scripts/graph_speed.py``: 25.4 ms for the four members against 13.8 for the first three in one run; 2.6
+for the two-member ``fast_model`` in an earlier run).
     python bench/predict.py --model runs/NAME/best.pt --runs 50 --threads 1
 """
 

@@ -5,6 +5,12 @@ Contents: ``format``, ``spec`` (model name, arguments, head, label scheme, prepr
 ``step``, ``epoch``, ``rng``, ...), and once ``deepage calibrate`` has run, ``age_gates``: adult age (as a
 string) → an :class:`~deepage.answers.AgeGate` dict. Written atomically: temp file, fsync, rename.
 
+``weight_storage: "int8"`` (an ensemble that must fit a size limit, ``deepage ensemble --int8-weights``): every
+convolution and linear weight is written as int8 with one float32 scale per output channel
+(:data:`INT8_SCALES_KEY`), the other tensors as float16; :func:`load_checkpoint` hands back float32 weights,
+and writing such a checkpoint again (``deepage calibrate``) keeps the same scales, so its bytes and its
+:func:`weights_digest` do not drift.
+
 The module imports torch only in the functions that need it, so :func:`read_age_gates` serves an ONNX
 graph's record without loading PyTorch.
 """
@@ -28,12 +34,67 @@ if TYPE_CHECKING:
     from .models.registry import AgeModel
 
 __all__ = ["save_checkpoint", "load_checkpoint", "model_from_checkpoint", "versions", "FORMAT", "AGE_GATES_KEY",
-           "weights_digest", "read_age_gates"]
+           "weights_digest", "read_age_gates", "INT8_SCALES_KEY", "int8_round_trip"]
 
 log = logging.getLogger(__name__)
 
 FORMAT = "deepage-checkpoint/1"
 AGE_GATES_KEY = "age_gates"
+INT8_SCALES_KEY = "int8_weight_scales"
+"""Where a ``weight_storage: "int8"`` checkpoint keeps its scales: weight name → ``(out_channels,)`` float32."""
+
+
+def _is_packed(name: str, tensor: torch.Tensor) -> bool:
+    """Convolution and linear weights (``(out, in, ...)``, two or more dimensions) are stored as int8."""
+    return tensor.is_floating_point() and tensor.dim() >= 2 and name.endswith("weight")
+
+
+def _channel_view(scale: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return scale.reshape(-1, *([1] * (like.dim() - 1)))
+
+
+def _pack_int8(state: dict, scales: dict | None = None) -> tuple[dict, dict]:
+    """``state`` with its conv/linear weights as int8 (symmetric, per output channel: ``w ≈ q · scale``,
+    ``|q| ≤ 127``) and its other float tensors as float16, and the scales. ``scales``: those to reuse (a
+    checkpoint loaded and written again: ``q`` then comes back exactly); a weight that no longer fits its
+    given scale (changed since) gets a new one."""
+    import torch
+
+    packed, out = {}, {}
+    for name, value in state.items():
+        if not _is_packed(name, value):
+            packed[name] = value.half() if value.is_floating_point() else value
+            continue
+        w = value.detach().float()
+        absmax = w.abs().reshape(w.shape[0], -1).amax(dim=1)
+        scale = (scales or {}).get(name)
+        if scale is None or tuple(scale.shape) != (w.shape[0],) or bool((absmax > 127.5 * scale).any()):
+            scale = torch.where(absmax > 0, absmax / 127, torch.ones_like(absmax))
+        packed[name] = (w / _channel_view(scale, w)).round().clamp(-127, 127).to(torch.int8)
+        out[name] = scale.float()
+    return packed, out
+
+
+def _unpack_int8(state: dict, scales: dict, source: str | Path) -> dict:
+    import torch
+
+    if not isinstance(scales, dict):
+        raise ValueError(f"{source}: its {INT8_SCALES_KEY!r} is not a table of scales")
+    unpacked = dict(state)
+    for name, scale in scales.items():
+        q = state.get(name)
+        if q is None or not isinstance(scale, torch.Tensor) or q.dtype != torch.int8 or scale.numel() != q.shape[0]:
+            raise ValueError(f"{source}: int8 weight {name!r} and its scale do not match (weight "
+                             f"{None if q is None else (q.dtype, tuple(q.shape))}, scale "
+                             f"{tuple(scale.shape) if isinstance(scale, torch.Tensor) else type(scale).__name__})")
+        unpacked[name] = q.float() * _channel_view(scale.float(), q)
+    return unpacked
+
+
+def int8_round_trip(state: dict) -> dict:
+    """The weights a ``weight_storage: "int8"`` checkpoint of ``state`` loads back as (to score them)."""
+    packed, scales = _pack_int8(state)
+    return _unpack_int8(packed, scales, "int8_round_trip")
 
 
 def versions() -> dict:
@@ -51,6 +112,9 @@ def save_checkpoint(path: str | Path, payload: dict) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": FORMAT, "versions": versions(), **payload}
+    if payload.get("weight_storage") == "int8":
+        payload["state_dict"], payload[INT8_SCALES_KEY] = _pack_int8(payload["state_dict"],
+                                                                     payload.get(INT8_SCALES_KEY))
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     with open(tmp, "wb") as fh:
         torch.save(payload, fh)
@@ -79,6 +143,8 @@ def load_checkpoint(path: str | Path) -> dict:
         raise ValueError(f"{path}: its model spec is incomplete or invalid ({detail})") from exc
     if not isinstance(ckpt.get("state_dict"), dict):
         raise ValueError(f"{path}: the checkpoint holds no weights ('state_dict')")
+    if INT8_SCALES_KEY in ckpt:  # the scales stay: writing the checkpoint again reuses them
+        ckpt["state_dict"] = _unpack_int8(ckpt["state_dict"], ckpt[INT8_SCALES_KEY], path)
     return ckpt
 
 

@@ -143,7 +143,7 @@ def _cmd_ensemble(args: argparse.Namespace) -> int:
     from .models.ensemble import build_ensemble_checkpoint
 
     payload = build_ensemble_checkpoint(args.checkpoints, args.output, data=args.data, split=args.split,
-                                        half=not args.float32, antialias=args.antialias)
+                                        weights=args.weights, antialias=args.antialias)
     print(f"wrote {args.output}: an ensemble of {len(args.checkpoints)} models")
     if payload["metrics"]:
         print(f"{args.split}: " + json.dumps(payload["metrics"]))
@@ -388,7 +388,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "ensemble on --split and store the metrics in it")
     p.add_argument("--split", default="val", choices=["train", "val", "test", "all"],
                    help="the split --data scores it on (default val)")
-    p.add_argument("--float32", action="store_true", help="store float32 weights (default float16: half the file)")
+    p.add_argument("--weights", default="float16", choices=["float32", "float16", "int8"],
+                   help="how the weights are stored: float16 (default, half the file of float32) or int8 "
+                   "(convolution and linear weights with a scale per output channel, the rest float16: about a "
+                   "quarter; they load as float32, and --data scores them as stored)")
     p.add_argument("--antialias", action="store_true", help="resize the other members' inputs from the first's "
                    "with antialiasing (default: plain bilinear, as ensembles made before the option)")
 

@@ -36,7 +36,7 @@ def members(tmp_path):
 
 def test_the_ensemble_averages_each_members_own_distribution(members, tmp_path):
     (wide_path, wide), (tight_path, tight) = members
-    build_ensemble_checkpoint([wide_path, tight_path], tmp_path / "ens.pt", half=False)
+    build_ensemble_checkpoint([wide_path, tight_path], tmp_path / "ens.pt", weights="float32")
     ensemble = model_from_checkpoint(tmp_path / "ens.pt")
     assert ensemble.spec.name == ENSEMBLE and ensemble.spec.preprocessing == wide.spec.preprocessing
     stored = torch.randint(0, 256, (5, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
@@ -113,7 +113,7 @@ def test_unpacked_members_answer_as_they_did(members, tmp_path):
 
 def test_the_ensemble_answers_by_its_estimate(members, tmp_path):
     (wide_path, _), (tight_path, _) = members
-    build_ensemble_checkpoint([wide_path, tight_path], tmp_path / "ens.pt", half=False)
+    build_ensemble_checkpoint([wide_path, tight_path], tmp_path / "ens.pt", weights="float32")
     ensemble = model_from_checkpoint(tmp_path / "ens.pt")
     assert ensemble.head.estimate == "median"
     ckpt = torch.load(tmp_path / "ens.pt", weights_only=True)
@@ -142,7 +142,7 @@ def test_antialias_resizes_members_inputs_with_antialiased_weights(tmp_path):
 
     wide, _ = _member(tmp_path / "wide.pt", 0, input_size=32, crop_pct=1.0, normalization="unit")
     small, _ = _member(tmp_path / "small.pt", 1, input_size=20, crop_pct=1.0, normalization="unit")
-    payload = build_ensemble_checkpoint([wide, small], tmp_path / "aa.pt", half=False, antialias=True)
+    payload = build_ensemble_checkpoint([wide, small], tmp_path / "aa.pt", weights="float32", antialias=True)
     assert payload["spec"]["model_kwargs"]["antialias"] is True
     model = model_from_checkpoint(tmp_path / "aa.pt")
     assert model.inputs[1].resize_matrix is not None and model.inputs[0].resize_matrix is None
@@ -151,3 +151,53 @@ def test_antialias_resizes_members_inputs_with_antialiased_weights(tmp_path):
     from deepage.inference.export import check_onnx, model_to_onnx_bytes
 
     check_onnx(model, model_to_onnx_bytes(model), "ensemble")
+
+
+def test_int8_weight_storage_loads_scores_and_rewrites_as_stored(members, tmp_path, tiny_h5):
+    """``weights="int8"``: conv/linear weights on disk as int8 with a scale per output channel (each within half
+    a step of the float weight), the rest float16; loaded as float32; the recorded metrics are the stored
+    weights'; writing the loaded checkpoint again (as ``deepage calibrate`` does) keeps bytes and digest."""
+    from deepage.checkpoint import INT8_SCALES_KEY, load_checkpoint, weights_digest
+    from deepage.data.loader import FaceBatches
+    from deepage.evaluation.metrics import core_metrics
+    from deepage.evaluation.predictions import collect_predictions
+
+    (wide_path, _), (tight_path, _) = members
+    reference = build_ensemble_checkpoint([wide_path, tight_path], tmp_path / "f32.pt", weights="float32")
+    payload = build_ensemble_checkpoint([wide_path, tight_path], tmp_path / "i8.pt", data=tiny_h5, weights="int8")
+    raw = torch.load(tmp_path / "i8.pt", weights_only=True)
+    scales = raw[INT8_SCALES_KEY]
+    assert raw["weight_storage"] == "int8" and scales
+    for name, value in raw["state_dict"].items():
+        original = reference["state_dict"][name]
+        if name in scales:
+            assert value.dtype == torch.int8 and original.dim() >= 2
+            step = scales[name].reshape(-1, *([1] * (original.dim() - 1)))
+            assert (value.float() * step - original).abs().le(step / 2 + 1e-7).all(), name
+        elif value.is_floating_point():
+            assert value.dtype == torch.float16, name
+    assert (tmp_path / "i8.pt").stat().st_size < 0.5 * (tmp_path / "f32.pt").stat().st_size
+
+    model = model_from_checkpoint(tmp_path / "i8.pt")
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    batches = FaceBatches(load_split(tiny_h5, "val"), model.spec.preprocessing, 128)
+    assert core_metrics(collect_predictions(model, batches))["age"] == payload["metrics"]["age"]
+    stored = torch.randint(0, 256, (4, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        x = prepare_batch(stored, model.spec.preprocessing)
+        torch.testing.assert_close(model(x).exp(), model_from_checkpoint(tmp_path / "f32.pt")(x).exp(),
+                                   atol=2e-2, rtol=0)
+
+    ckpt = load_checkpoint(tmp_path / "i8.pt")
+    save_checkpoint(tmp_path / "again.pt", {**ckpt, "age_gates": {}})
+    again = load_checkpoint(tmp_path / "again.pt")
+    assert weights_digest(again["state_dict"]) == weights_digest(ckpt["state_dict"])
+    rewritten = torch.load(tmp_path / "again.pt", weights_only=True)
+    assert all(torch.equal(rewritten["state_dict"][k], raw["state_dict"][k]) for k in raw["state_dict"])
+
+    raw[INT8_SCALES_KEY][next(iter(scales))] = torch.ones(1)
+    torch.save(raw, tmp_path / "broken.pt")
+    with pytest.raises(ValueError, match=r"broken\.pt: int8 weight .* and its scale do not match"):
+        load_checkpoint(tmp_path / "broken.pt")
+    with pytest.raises(ValueError, match="weight storage 'int4'"):
+        build_ensemble_checkpoint([wide_path, tight_path], tmp_path / "x.pt", weights="int4")

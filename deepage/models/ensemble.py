@@ -125,21 +125,28 @@ def ensemble_spec(members: list[ModelSpec], antialias: bool = False) -> ModelSpe
     return ModelSpec(name=ENSEMBLE, head="dex", preprocessing=members[0].preprocessing, model_kwargs=kwargs)
 
 
+WEIGHT_STORAGES = ("float32", "float16", "int8")
+
+
 def build_ensemble_checkpoint(checkpoints: list, output, data=None, split: str = "val",
-                              half: bool = True, batch_size: int = 128, antialias: bool = False) -> dict:
+                              weights: str = "float16", batch_size: int = 128, antialias: bool = False) -> dict:
     """Write one checkpoint holding the DEX models ``checkpoints`` (paths, in order: the first one's input is
     the ensemble's) as an :class:`EnsembleModel`, and return it.
 
     The members must share a split fingerprint (an ensemble of models that saw different training images
     could not be scored fairly). ``data``: an ingested HDF5 whose ``split`` (default validation) the
     ensemble is scored on, through its own single-input path; those numbers become the checkpoint's
-    ``metrics`` (without ``data`` it has none). ``half``: store the weights as float16 (half the file; they
-    load into float32, and with ``data`` it is the stored weights that are scored). Age
+    ``metrics`` (without ``data`` it has none). ``weights``: how they are stored: ``float16`` (half the file of
+    ``float32``), or ``int8`` (convolution and linear weights as int8 with a scale per output channel, the rest
+    float16: about a quarter; :mod:`deepage.checkpoint`); they load into float32, and with ``data`` it is the
+    stored weights that are scored. Age
     gates are not carried over: they belong to one model's scores (``deepage calibrate`` the result).
     ``antialias``: resize the members' inputs with antialiasing (:class:`MemberInput`)."""
 
-    from ..checkpoint import load_checkpoint, save_checkpoint
+    from ..checkpoint import int8_round_trip, load_checkpoint, save_checkpoint
 
+    if weights not in WEIGHT_STORAGES:
+        raise ValueError(f"weight storage {weights!r}: choose one of {', '.join(WEIGHT_STORAGES)}")
     paths = [Path(p) for p in checkpoints]
     ckpts = [load_checkpoint(p) for p in paths]
     fingerprints = {c.get("split_fingerprint") for c in ckpts}
@@ -155,17 +162,20 @@ def build_ensemble_checkpoint(checkpoints: list, output, data=None, split: str =
         except RuntimeError as exc:
             raise ValueError(f"{path}: its weights do not fit its own spec ({str(exc).splitlines()[0]})") from None
     state = model.state_dict()
-    if half:
+    if weights == "float16":
         state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     payload = {"spec": spec.to_dict(), "state_dict": state, "split_fingerprint": fingerprints.pop(),
                "metrics": {}, "members": [{"checkpoint": str(p), "metrics": c.get("metrics") or {}}
                                           for p, c in zip(paths, ckpts, strict=True)]}
+    if weights == "int8":  # save_checkpoint packs them
+        payload["weight_storage"] = "int8"
+        state = int8_round_trip(state)
     if data is not None:
         from ..data.loader import FaceBatches, load_split
         from ..evaluation.metrics import core_metrics
         from ..evaluation.predictions import collect_predictions
 
-        model.load_state_dict(state)  # score the weights as stored (float16 when half)
+        model.load_state_dict(state)  # score the weights as stored (float16 or int8 ones)
         face_data = load_split(data, split)
         batches = FaceBatches(face_data, spec.preprocessing, batch_size)
         payload["metrics"] = core_metrics(collect_predictions(model.eval(), batches))
