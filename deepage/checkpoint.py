@@ -5,7 +5,7 @@ Contents: ``format``, ``spec`` (model name, arguments, head, label scheme, prepr
 ``step``, ``epoch``, ``rng``, ...), and once ``deepage calibrate`` has run, ``age_gates``: adult age (as a
 string) → an :class:`~deepage.answers.AgeGate` dict. Written atomically: temp file, fsync, rename.
 
-``weight_storage: "int8"`` (an ensemble that must fit a size limit, ``deepage ensemble --int8-weights``): every
+``weight_storage: "int8"`` (an ensemble that must fit a size limit, ``deepage ensemble --weights int8``): every
 convolution and linear weight is written as int8 with one float32 scale per output channel
 (:data:`INT8_SCALES_KEY`), the other tensors as float16; :func:`load_checkpoint` hands back float32 weights,
 and writing such a checkpoint again (``deepage calibrate``) keeps the same scales, so its bytes and its
@@ -34,12 +34,14 @@ if TYPE_CHECKING:
     from .models.registry import AgeModel
 
 __all__ = ["save_checkpoint", "load_checkpoint", "model_from_checkpoint", "versions", "FORMAT", "AGE_GATES_KEY",
-           "weights_digest", "read_age_gates", "INT8_SCALES_KEY", "int8_round_trip"]
+           "weights_digest", "read_age_gates", "INT8_SCALES_KEY", "WEIGHT_STORAGES", "int8_round_trip"]
 
 log = logging.getLogger(__name__)
 
 FORMAT = "deepage-checkpoint/1"
 AGE_GATES_KEY = "age_gates"
+WEIGHT_STORAGES = ("float32", "float16", "int8")
+"""How ``deepage ensemble --weights`` may store a checkpoint's weights."""
 INT8_SCALES_KEY = "int8_weight_scales"
 """Where a ``weight_storage: "int8"`` checkpoint keeps its scales: weight name → ``(out_channels,)`` float32."""
 

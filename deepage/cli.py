@@ -388,6 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "ensemble on --split and store the metrics in it")
     p.add_argument("--split", default="val", choices=["train", "val", "test", "all"],
                    help="the split --data scores it on (default val)")
+    # checkpoint.WEIGHT_STORAGES, written out: importing deepage.checkpoint would load numpy for --help
     p.add_argument("--weights", default="float16", choices=["float32", "float16", "int8"],
                    help="how the weights are stored: float16 (default, half the file of float32) or int8 "
                    "(convolution and linear weights with a scale per output channel, the rest float16: about a "

@@ -125,9 +125,6 @@ def ensemble_spec(members: list[ModelSpec], antialias: bool = False) -> ModelSpe
     return ModelSpec(name=ENSEMBLE, head="dex", preprocessing=members[0].preprocessing, model_kwargs=kwargs)
 
 
-WEIGHT_STORAGES = ("float32", "float16", "int8")
-
-
 def build_ensemble_checkpoint(checkpoints: list, output, data=None, split: str = "val",
                               weights: str = "float16", batch_size: int = 128, antialias: bool = False) -> dict:
     """Write one checkpoint holding the DEX models ``checkpoints`` (paths, in order: the first one's input is
@@ -143,7 +140,7 @@ def build_ensemble_checkpoint(checkpoints: list, output, data=None, split: str =
     gates are not carried over: they belong to one model's scores (``deepage calibrate`` the result).
     ``antialias``: resize the members' inputs with antialiasing (:class:`MemberInput`)."""
 
-    from ..checkpoint import int8_round_trip, load_checkpoint, save_checkpoint
+    from ..checkpoint import WEIGHT_STORAGES, int8_round_trip, load_checkpoint, save_checkpoint
 
     if weights not in WEIGHT_STORAGES:
         raise ValueError(f"weight storage {weights!r}: choose one of {', '.join(WEIGHT_STORAGES)}")
