@@ -4,13 +4,15 @@ PyTorch and ONNX Runtime backends; p50/p95 over ``--runs`` calls, and the ONNX �
 Goals: p50 ≤ 50 ms end to end; ONNX/PyTorch ≤ 0.7. The model alone (the preprocessed batch of one face
 through the network and the head) is timed too, since detection costs both backends the same.
 
-    python bench/predict.py                       # the bundled model (and its int8 graph), if present
+    python bench/predict.py                       # the bundled model (and its two graphs), if present
     python bench/predict.py --model deepage/assets/fast_model.int8.onnx   # a two-member default, ~10x cheaper
-
-The bundled default's two MobileFaceNet members cost it most of its model time per face (int8, one thread,
-``scripts/graph_speed.py``: 25.4 ms for the four members against 13.8 for the first three in one run; 2.6
-for the two-member ``fast_model`` in an earlier run).
     python bench/predict.py --model runs/NAME/best.pt --runs 50 --threads 1
+
+With the bundled model the rows are ``torch`` (the ``.pt``), ``onnx`` (its graph exported on the spot),
+``graph`` (``default_model.onnx``, what ``Predictor.default()`` answers with: float arithmetic, int8-stored
+weights) and ``int8`` (``default_model.int8.onnx``). Its two MobileFaceNet members cost it most of its model
+time per face (``scripts/graph_speed.py``, batch 32, one thread, an AVX-512 VNNI host: 38.0 ms for the float
+graph, 29.0 for the int8 one, 2.9 for the two-member ``fast_model`` in the same run).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import numpy as np
 import torch
 
 from deepage.answers import read_batch
-from deepage.inference.predictor import DEFAULT_INT8_MODEL, DEFAULT_MODEL, Predictor, load_rgb
+from deepage.inference.predictor import DEFAULT_GRAPH, DEFAULT_INT8_MODEL, DEFAULT_MODEL, Predictor, load_rgb
 from deepage.preprocessing import images_to_batch
 
 PHOTO = Path(__file__).resolve().parents[1] / "deepage" / "assets" / "astronaut.jpg"
@@ -47,14 +49,14 @@ def _interleaved_ms(fns: dict, runs: int, warmup: int) -> dict[str, np.ndarray]:
 
 
 def bench(model: Path, image: Path, runs: int, warmup: int,
-          int8: Path | None = None) -> dict[str, dict[str, float]]:
-    """``{backend: {"p50", "p95", "model_p50", "model_p95"}}`` in milliseconds; ``int8``: also that int8
-    ``.onnx`` (row ``int8``)."""
+          graphs: dict[str, Path] | None = None) -> dict[str, dict[str, float]]:
+    """``{backend: {"p50", "p95", "model_p50", "model_p95"}}`` in milliseconds; ``graphs``: also these
+    ``.onnx`` files (row name → file: the bundled ones)."""
     backends = ["onnx"] if model.suffix == ".onnx" else ["torch", "onnx"]
     predictors = {b: Predictor.from_checkpoint(model, backend=b) for b in backends}
-    if int8 is not None:
-        predictors["int8"] = Predictor.from_checkpoint(int8, backend="onnx")
-        backends.append("int8")
+    for name, graph in (graphs or {}).items():
+        predictors[name] = Predictor.from_checkpoint(graph, backend="onnx")
+        backends.append(name)
     fns = {}
     for backend, predictor in predictors.items():
         first = predictor.predict_one(image)
@@ -95,8 +97,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no model at {model}: pass --model CKPT", file=sys.stderr)
         return 1
     torch.set_num_threads(args.threads)
-    int8 = DEFAULT_INT8_MODEL if args.model is None and DEFAULT_INT8_MODEL.is_file() else None
-    results = bench(model, Path(args.image), args.runs, args.warmup, int8=int8)
+    bundled = {"graph": DEFAULT_GRAPH, "int8": DEFAULT_INT8_MODEL}
+    graphs = {k: v for k, v in bundled.items() if args.model is None and v.is_file()}
+    results = bench(model, Path(args.image), args.runs, args.warmup, graphs=graphs)
     print("command: python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])]))
     print(f"model: {model}; image: {args.image}; {args.runs} runs after {args.warmup} warm-up; "
           f"{args.threads} thread(s)")
@@ -105,10 +108,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:<8}{r['p50']:>12.1f}{r['p95']:>12.1f}{r['model_p50']:>14.2f}{r['model_p95']:>14.2f}")
     shared = stages(Path(args.image), args.runs, args.warmup)
     print("shared by both backends (p50 ms): " + ", ".join(f"{k} {v:.1f}" for k, v in shared.items()))
-    if "int8" in results:
-        print(f"int8 (what Predictor.default() runs) / PyTorch p50: end to end "
-              f"{results['int8']['p50'] / results['torch']['p50']:.2f}, model alone "
-              f"{results['int8']['model_p50'] / results['torch']['model_p50']:.2f}")
+    for name, what in (("graph", "the bundled graph, what Predictor.default() runs"),
+                       ("int8", "the int8 graph, Predictor.default(int8=True)")):
+        if name in results:
+            print(f"{name} ({what}) / PyTorch p50: end to end {results[name]['p50'] / results['torch']['p50']:.2f}, "
+                  f"model alone {results[name]['model_p50'] / results['torch']['model_p50']:.2f}")
     if "torch" in results:
         print(f"ONNX / PyTorch p50: end to end {results['onnx']['p50'] / results['torch']['p50']:.2f}, "
               f"model alone {results['onnx']['model_p50'] / results['torch']['model_p50']:.2f} "

@@ -90,6 +90,13 @@ def test_export_without_onnx_names_the_extra(monkeypatch, capsys, tiny_checkpoin
     assert "pip install 'deepage[onnx]'" in capsys.readouterr().err
 
 
+def test_export_refuses_int8_weights_with_an_int8_graph_before_reading_data(capsys, tiny_checkpoint, tmp_path):
+    out = tmp_path / "m.onnx"
+    assert cli(["export", str(tiny_checkpoint), "-o", str(out), "--int8", str(tmp_path / "absent.h5"),
+                "--weights", "int8"]) == 2  # bad input
+    assert "--weights int8 is for a float graph" in capsys.readouterr().err and not out.exists()
+
+
 def test_pretrained_without_offline_weights_names_the_package(monkeypatch, capsys, tiny_h5, tmp_path):
     import torchvision
 

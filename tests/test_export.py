@@ -157,6 +157,7 @@ def test_the_default_predictor_takes_the_int8_graph_of_its_own_weights(int8_grap
 
     monkeypatch.setattr(predictor, "DEFAULT_MODEL", tiny_checkpoint)
     monkeypatch.setattr(predictor, "DEFAULT_INT8_MODEL", int8_graph)
+    monkeypatch.setattr(predictor, "DEFAULT_GRAPH", tmp_path / "absent.onnx")  # a copy with the int8 graph only
     with Predictor.default() as chosen:
         assert chosen.checkpoint_path == int8_graph and chosen.backend == "onnx"
     with Predictor.default(int8=False) as chosen:
@@ -188,6 +189,7 @@ def test_the_int8_graph_is_matched_to_its_checkpoint_by_file_hash_first(int8_gra
     assert read_onnx_graph(int8_graph).record["checkpoint_sha256"] == file_sha256(tiny_checkpoint)
     monkeypatch.setattr(predictor, "DEFAULT_MODEL", tiny_checkpoint)
     monkeypatch.setattr(predictor, "DEFAULT_INT8_MODEL", int8_graph)
+    monkeypatch.setattr(predictor, "DEFAULT_GRAPH", tmp_path / "absent.onnx")
 
     def no_loading(*a, **k):
         raise AssertionError("the checkpoint was loaded although its file hash matched")
@@ -204,3 +206,91 @@ def test_the_int8_graph_is_matched_to_its_checkpoint_by_file_hash_first(int8_gra
     monkeypatch.setattr(predictor, "DEFAULT_MODEL", resaved)
     with Predictor.default(int8=True) as chosen:
         assert chosen.checkpoint_path == int8_graph
+
+
+@pytest.fixture(scope="module")
+def int8_weights_graph(tiny_checkpoint, tmp_path_factory) -> Path:
+    return export_onnx(tiny_checkpoint, tmp_path_factory.mktemp("int8w") / "tiny.onnx", weights="int8")
+
+
+def test_a_graph_with_int8_weights_computes_the_rounded_weights_in_float(int8_weights_graph, exported,
+                                                                         tiny_checkpoint, tmp_path):
+    """``--weights int8``: int8 initializers (a quarter of the bytes), the outputs of the model with its
+    conv/linear weights rounded as ``deepage ensemble --weights int8`` rounds them, and, once ONNX Runtime
+    has optimised it, a plain float graph (the Cast/Mul folded away: no dequantising on every call)."""
+    import onnx
+    import onnxruntime as ort
+
+    from deepage.checkpoint import int8_round_trip
+    from deepage.inference.onnx_graph import read_onnx_graph
+
+    proto = onnx.load(str(int8_weights_graph))
+    int8_bytes = sum(len(i.raw_data) for i in proto.graph.initializer if i.data_type == onnx.TensorProto.INT8)
+    float_bytes = sum(len(i.raw_data) for i in onnx.load(str(exported)).graph.initializer)
+    assert int8_bytes > 0.2 * float_bytes and int8_weights_graph.stat().st_size < 0.5 * exported.stat().st_size
+    assert read_onnx_graph(int8_weights_graph).record["weight_storage"] == "int8"
+    assert read_onnx_graph(exported).record["weight_storage"] == "float32"
+
+    model = model_from_checkpoint(tiny_checkpoint)
+    rounded = model_from_checkpoint(tiny_checkpoint)
+    state = rounded.state_dict()
+    rounded.load_state_dict({**state, **{k: v for k, v in int8_round_trip(state).items() if v.dtype == torch.float32}})
+    n = model.spec.preprocessing.input_size
+    x = torch.randn(4, 3, n, n, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        want, plain = rounded(x).numpy(), model(x).numpy()
+    got = onnx_session(int8_weights_graph).run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0]
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+    assert np.abs(got - plain).max() > 1e-5  # the rounding is really there
+
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimised.onnx")
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC  # portable: no layouts
+    ort.InferenceSession(str(int8_weights_graph), options, providers=["CPUExecutionProvider"])
+    ops = {node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node}
+    assert "Conv" in ops and not ops & {"Cast", "DequantizeLinear"}
+
+
+def test_int8_weights_of_an_int8_checkpoint_cost_nothing_more(tiny_checkpoint, tmp_path):
+    """A checkpoint stored with int8 weights exports with ``--weights int8`` to the answers of its float
+    graph: its weights are on the int8 grid already (the graph's BatchNorm folding keeps them there)."""
+    from deepage.checkpoint import load_checkpoint, save_checkpoint
+
+    ckpt = load_checkpoint(tiny_checkpoint)
+    stored = tmp_path / "int8.pt"
+    save_checkpoint(stored, {**{k: v for k, v in ckpt.items() if k not in ("format", "versions")},
+                             "weight_storage": "int8"})
+    as_float = onnx_session(export_onnx(stored, tmp_path / "float.onnx"))
+    as_int8 = onnx_session(export_onnx(stored, tmp_path / "int8w.onnx", weights="int8"))
+    n = load_checkpoint(stored)["spec"]["preprocessing"]["input_size"]
+    x = np.random.default_rng(3).standard_normal((4, 3, n, n)).astype(np.float32)
+    np.testing.assert_allclose(as_int8.run([OUTPUT_NAME], {INPUT_NAME: x})[0],
+                               as_float.run([OUTPUT_NAME], {INPUT_NAME: x})[0], atol=1e-4, rtol=0)
+
+
+def test_int8_weights_are_refused_with_an_int8_calibration_or_an_unknown_storage(tiny_checkpoint, tmp_path):
+    with pytest.raises(ValueError, match="int8 weights already|int8 already"):
+        export_onnx(tiny_checkpoint, tmp_path / "a.onnx", weights="int8",
+                    int8_calibration=np.zeros((2, 3, 8, 8), np.float32))
+    with pytest.raises(ValueError, match="weights must be one of"):
+        export_onnx(tiny_checkpoint, tmp_path / "b.onnx", weights="float16")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_default_predictor_prefers_the_float_graph_of_its_own_weights(int8_weights_graph, int8_graph,
+                                                                          tiny_checkpoint, tmp_path, monkeypatch):
+    from deepage.inference import predictor
+
+    monkeypatch.setattr(predictor, "DEFAULT_MODEL", tiny_checkpoint)
+    monkeypatch.setattr(predictor, "DEFAULT_GRAPH", int8_weights_graph)
+    monkeypatch.setattr(predictor, "DEFAULT_INT8_MODEL", int8_graph)
+    for int8 in ("auto", False):
+        with Predictor.default(int8=int8) as chosen:
+            assert chosen.checkpoint_path == int8_weights_graph and chosen.backend == "onnx"
+    with Predictor.default(int8=True) as chosen:
+        assert chosen.checkpoint_path == int8_graph
+    with Predictor.default(backend="torch") as chosen:
+        assert chosen.checkpoint_path == tiny_checkpoint and chosen.backend == "torch"
+    monkeypatch.setattr(predictor, "DEFAULT_GRAPH", tmp_path / "absent.onnx")
+    with Predictor.default(int8=False) as chosen:
+        assert chosen.checkpoint_path == tiny_checkpoint

@@ -123,21 +123,50 @@ def _run_without_torch(code: str) -> str:
 
 
 def test_deepage_predict_answers_with_the_bundled_graph_without_torch():
-    """The bundled int8 graph answers a photo with torch unimportable, and gives what the same graph gives
-    in a process that has torch loaded (the answer path is one: deepage.readout)."""
+    """The bundled graph answers a photo with torch unimportable, and gives what the same graph gives in a
+    process that has torch loaded (the answer path is one: deepage.readout)."""
     pytest.importorskip("onnxruntime")
-    from deepage.inference.predictor import DEFAULT_INT8_MODEL, Predictor
+    from deepage.inference.predictor import DEFAULT_GRAPH, Predictor
 
-    if not DEFAULT_INT8_MODEL.is_file():
-        pytest.skip("this copy ships without the bundled int8 graph")
+    if not DEFAULT_GRAPH.is_file():
+        pytest.skip("this copy ships without the bundled graph")
     out = _run_without_torch(f"from deepage.cli import main\nsys.exit(main(['predict', {str(ASTRONAUT)!r}, "
                              "'--format', 'json', '--quiet']))\n")
     face = json.loads(out.strip().splitlines()[-1])["faces"][0]
     with Predictor.default() as predictor:
-        assert predictor.backend == "onnx" and predictor.checkpoint_path == DEFAULT_INT8_MODEL
+        assert predictor.backend == "onnx" and predictor.checkpoint_path == DEFAULT_GRAPH
         expected = predictor.predict_one(ASTRONAUT).faces[0].to_dict()
     assert face["box"] == expected["box"] and face["age"] == expected["age"]
     assert face["decision"] == expected["decision"]
     assert face["groups"]["utk8"]["label"] == expected["groups"]["utk8"]["label"]
     assert face["p_adult"] == pytest.approx(expected["p_adult"], abs=1e-3)
     assert face["decision"] in ("adult", "minor", "unsure") and face["p_adult"] is not None
+
+
+def test_the_bundled_graph_computes_the_bundled_model():
+    """``default_model.onnx``, what ``deepage predict`` answers with, is the ``.pt``'s network and
+    calibration: the same weights (digest), temperature and operating points, the same outputs on random
+    faces, and small enough to ship (int8-stored weights, under the 25 MB the default may weigh)."""
+    pytest.importorskip("onnxruntime")
+    from deepage.checkpoint import load_checkpoint, model_from_checkpoint, read_age_gates, weights_digest
+    from deepage.inference.onnx_graph import INPUT_NAME, OUTPUT_NAME, read_onnx_graph
+    from deepage.inference.predictor import DEFAULT_GRAPH, DEFAULT_MODEL
+    from deepage.spec import ModelSpec
+
+    if not DEFAULT_GRAPH.is_file():
+        pytest.skip("this copy ships without the bundled graph")
+    assert DEFAULT_GRAPH.stat().st_size < 25e6
+    graph = read_onnx_graph(DEFAULT_GRAPH, threads=1)
+    ckpt = load_checkpoint(DEFAULT_MODEL)
+    assert graph.record["weight_storage"] == "int8"
+    assert graph.record["weights_digest"] == weights_digest(ckpt["state_dict"])
+    assert graph.spec == ModelSpec.from_dict(ckpt["spec"])  # the temperature is in the head's options
+    gates = read_age_gates(graph.record, DEFAULT_GRAPH)
+    assert 18 in gates and gates == read_age_gates(ckpt, DEFAULT_MODEL)
+    model = model_from_checkpoint(DEFAULT_MODEL).eval()
+    n = model.spec.preprocessing.input_size
+    x = torch.randn(2, 3, n, n, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = model(x).numpy()
+    np.testing.assert_allclose(graph.session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0], want,
+                               atol=1e-4, rtol=0)

@@ -34,6 +34,7 @@ from .onnx_graph import (
     OUTPUT_NAME,
     SOURCE_SHA256_KEY,
     SPEC_KEY,
+    WEIGHT_STORAGE_KEY,
     WEIGHTS_KEY,
     OnnxGraph,
     check_onnx_io,
@@ -46,11 +47,14 @@ __all__ = ["export_onnx", "check_onnx", "check_onnx_io", "model_to_onnx_bytes", 
            "checked_onnx_bytes", "onnx_cache_dir", "quantize_int8", "WEIGHTS_KEY", "FINGERPRINT_KEY",
            "INT8_MAX_AGE_CHANGE", "OnnxAgeModel", "onnx_model_and_record", "write_onnx_metadata",
            "FORMAT_KEY", "ONNX_FORMAT", "SOURCE_SHA256_KEY",
-           "OPSET", "GRAPH_VERSION", "PReLUAsConvs", "export_form", "INPUT_NAME", "OUTPUT_NAME", "AGE_GATES_KEY"]
+           "OPSET", "GRAPH_VERSION", "PReLUAsConvs", "export_form", "INPUT_NAME", "OUTPUT_NAME", "AGE_GATES_KEY",
+           "store_weights_int8", "ONNX_WEIGHT_STORAGES", "WEIGHT_STORAGE_KEY"]
 
 log = logging.getLogger(__name__)
 
 OPSET = 17
+ONNX_WEIGHT_STORAGES = ("float32", "int8")
+"""How ``deepage export --weights`` may store a float graph's weights (:func:`store_weights_int8`)."""
 INT8_MAX_AGE_CHANGE = 0.5
 """An int8 graph whose ages differ from the float graph's by more than this (mean over the calibration
 images, in years) is refused."""
@@ -209,14 +213,96 @@ def quantize_int8(data: bytes, calibration: np.ndarray, name: str | Path = "mode
     return out, change
 
 
+_WEIGHT_INPUTS = {"Conv": 1, "Gemm": 1, "MatMul": 1}
+"""Node types whose weight (input at this position) :func:`store_weights_int8` stores as int8."""
+
+
+def _output_axis(node, weight: np.ndarray) -> int:
+    """The axis of ``weight`` that runs over ``node``'s output channels: 0 for Conv and Gemm with
+    ``transB=1`` (``(out, in, ...)``, as PyTorch's Linear exports), 1 for MatMul and Gemm without it."""
+    if node.op_type == "Conv":
+        return 0
+    trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+    return 0 if node.op_type == "Gemm" and trans_b else 1
+
+
+def store_weights_int8(data: bytes) -> bytes:
+    """The ONNX graph ``data`` with its convolution and linear weights stored as int8 (symmetric, one float32
+    scale per output channel, as ``deepage ensemble --weights int8`` stores them) and turned back into float32
+    by a ``Cast`` and a ``Mul`` in the graph: about a quarter of the file, the same float arithmetic.
+
+    Why not ``DequantizeLinear``: ONNX Runtime's constant folding leaves that op alone (it keeps QDQ
+    patterns for its int8 kernels), so the weights were dequantised on every call and the convolutions kept
+    out of its fused, blocked forms; ``Cast`` and ``Mul`` on initializers are folded once, when the session
+    starts, into a plain float graph. Weights with one value per output channel (PReLU slopes written as
+    convolutions) stay float: int8 would not make them smaller. Metadata is kept."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    proto = onnx.load_from_string(data)
+    graph = proto.graph
+    initializers = {init.name: init for init in graph.initializer}
+    done: set[str] = set()
+    dequantise = []
+    for node in graph.node:
+        position = _WEIGHT_INPUTS.get(node.op_type)
+        if position is None or len(node.input) <= position:
+            continue
+        name = node.input[position]
+        init = initializers.get(name)
+        if init is None or name in done or init.data_type != TensorProto.FLOAT or len(init.dims) < 2:
+            continue
+        weight = numpy_helper.to_array(init)
+        axis = _output_axis(node, weight)
+        channels = np.moveaxis(weight, axis, 0).reshape(weight.shape[axis], -1)
+        if channels.shape[1] < 2:
+            continue
+        absmax = np.abs(channels).max(axis=1)
+        scale = np.where(absmax > 0, absmax / 127, 1).astype(np.float32)
+        shape = [1] * weight.ndim
+        shape[axis] = -1
+        scale = scale.reshape(shape)
+        q = np.clip(np.round(weight / scale), -127, 127).astype(np.int8)
+        graph.initializer.remove(init)
+        graph.initializer.extend([numpy_helper.from_array(q, f"{name}.int8"),
+                                  numpy_helper.from_array(scale, f"{name}.scale")])
+        dequantise += [helper.make_node("Cast", [f"{name}.int8"], [f"{name}.float"], to=TensorProto.FLOAT),
+                       helper.make_node("Mul", [f"{name}.float", f"{name}.scale"], [name])]
+        done.add(name)
+    nodes = [*dequantise, *graph.node]  # initializers only: ahead of every node keeps the order topological
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return proto.SerializeToString()
+
+
+def _int8_weights_model(model: AgeModel) -> AgeModel:
+    """A copy of ``model`` whose convolution and linear weights are rounded as int8 storage rounds them
+    (:func:`~deepage.checkpoint.int8_round_trip`; the other tensors as they were): what a graph written by
+    :func:`store_weights_int8` computes, up to float rounding (per-channel scales are unchanged by the
+    BatchNorm folding of the export: it scales whole output channels)."""
+    import copy
+
+    from ..checkpoint import int8_round_trip
+
+    rounded = copy.deepcopy(model)
+    state = rounded.state_dict()
+    # int8_round_trip hands the other tensors back as float16: those keep their own values here
+    rounded.load_state_dict({**state, **{k: v for k, v in int8_round_trip(state).items()
+                                         if v.dtype == state[k].dtype}})
+    return rounded.eval()
+
+
 def export_onnx(checkpoint: str | Path, output: str | Path, opset: int = OPSET, atol: float = 1e-4,
-                int8_calibration: np.ndarray | None = None) -> Path:
+                int8_calibration: np.ndarray | None = None, weights: str = "float32") -> Path:
     """Export ``checkpoint`` (a DeepAge ``.pt``) to ``output`` (``.onnx``) and return its path.
 
     Before writing, the exported graph is run with ONNX Runtime on a random batch of 3 and compared with
     PyTorch; a largest absolute difference in the outputs above ``atol`` raises ``RuntimeError`` (nothing is
     written). ``int8_calibration``: ``(N, 3, S, S)`` preprocessed training images; the float graph is then
-    quantised to int8 on them (:func:`quantize_int8`, checked there) and that is written. The file carries
+    quantised to int8 on them (:func:`quantize_int8`, checked there) and that is written. ``weights``:
+    ``"float32"``, or ``"int8"``: a float graph whose convolution and linear weights are stored as int8
+    (:func:`store_weights_int8`; checked against PyTorch with the weights rounded the same way); an int8
+    graph has int8 weights already, so it takes only ``"float32"``. The file carries
     the spec, the stored operating points, the weights' digest, the checkpoint file's SHA-256 and the split
     fingerprint. Written atomically.
     """
@@ -230,8 +316,18 @@ def export_onnx(checkpoint: str | Path, output: str | Path, opset: int = OPSET, 
     gates = read_age_gates(ckpt, checkpoint)  # only those chosen for these weights
     if gates:
         metadata[AGE_GATES_KEY] = json.dumps({str(age): g.to_dict() for age, g in gates.items()})
+    if weights not in ONNX_WEIGHT_STORAGES:
+        raise ValueError(f"weights must be one of {ONNX_WEIGHT_STORAGES}, got {weights!r}")
+    if weights == "int8" and int8_calibration is not None:
+        raise ValueError("an int8 graph stores its weights as int8 already: give weights='int8' or an int8 "
+                         "calibration, not both")
+    if weights == "int8":
+        metadata[WEIGHT_STORAGE_KEY] = "int8"
     data = model_to_onnx_bytes(model, metadata, opset=opset)
     check_onnx(model, data, checkpoint, atol)
+    if weights == "int8":
+        data = store_weights_int8(data)
+        check_onnx(_int8_weights_model(model), data, f"{checkpoint} (int8 weights)", atol)
     if int8_calibration is not None:
         data, _ = quantize_int8(data, int8_calibration, checkpoint)
     output.parent.mkdir(parents=True, exist_ok=True)

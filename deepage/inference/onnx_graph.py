@@ -21,12 +21,15 @@ from .workers import available_cores
 
 __all__ = ["OnnxGraph", "read_onnx_graph", "onnx_session", "check_onnx_io", "cpu_threads", "file_sha256",
            "SPEC_KEY", "FORMAT_KEY", "AGE_GATES_KEY", "WEIGHTS_KEY", "FINGERPRINT_KEY", "SOURCE_SHA256_KEY",
-           "ONNX_FORMAT", "INPUT_NAME", "OUTPUT_NAME"]
+           "WEIGHT_STORAGE_KEY", "ONNX_FORMAT", "INPUT_NAME", "OUTPUT_NAME"]
 
 SPEC_KEY = "deepage_spec"
 FORMAT_KEY = "deepage_format"
 AGE_GATES_KEY = "deepage_age_gates"
 WEIGHTS_KEY = "deepage_weights"  # checkpoint.weights_digest of the weights the graph was exported from
+WEIGHT_STORAGE_KEY = "deepage_weight_storage"
+"""``"int8"`` in a float graph written by ``deepage export --weights int8`` (its weights stored as int8, turned
+back into float32 when the session starts); absent otherwise. Informative: such a graph runs as any other."""
 FINGERPRINT_KEY = "deepage_split_fingerprint"
 SOURCE_SHA256_KEY = "deepage_checkpoint_sha256"
 """SHA-256 of the ``.pt`` file the graph was exported from: a file with that hash holds the same weights, so
@@ -142,5 +145,6 @@ def read_onnx_graph(path: str | Path, threads: int | None = None) -> OnnxGraph:
         metrics = {}  # informative only: a file whose metrics do not parse still answers
     record = {"spec": spec.to_dict(), "split_fingerprint": meta.get(FINGERPRINT_KEY, "unknown"),
               "metrics": metrics, "age_gates": gates, "weights_digest": meta.get(WEIGHTS_KEY),
-              "checkpoint_sha256": meta.get(SOURCE_SHA256_KEY)}
+              "checkpoint_sha256": meta.get(SOURCE_SHA256_KEY),
+              "weight_storage": meta.get(WEIGHT_STORAGE_KEY, "float32")}
     return OnnxGraph(session, spec, record)

@@ -6,7 +6,7 @@ resized the training images. Then, on batches of crops from several images: the 
 preprocessing (:func:`deepage.preprocessing.prepare_eval_batch`, exactly as in evaluation), the model
 (PyTorch or ONNX Runtime) and :func:`deepage.answers.answer_batch`, the answer path evaluation uses too.
 
-With an ONNX graph (the bundled int8 model: :meth:`Predictor.default`) nothing here imports torch: the
+With an ONNX graph (the bundled model's: :meth:`Predictor.default`) nothing here imports torch: the
 spec, the preprocessing and the head's answers are NumPy (:mod:`deepage.readout`), which saves about 4 s
 of every fresh ``deepage predict`` on a 2-core host. A ``.pt`` checkpoint loads PyTorch as before.
 
@@ -52,15 +52,20 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = ["Predictor", "ImagePrediction", "FacePrediction", "GroupPrediction", "load_rgb", "DEFAULT_MODEL",
-           "INTERVAL_QUANTILES", "BACKENDS", "resolve_backend"]
+           "DEFAULT_GRAPH", "DEFAULT_INT8_MODEL", "INTERVAL_QUANTILES", "BACKENDS", "resolve_backend"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "assets" / "default_model.pt"
 """The bundled model that :meth:`Predictor.default` loads."""
+DEFAULT_GRAPH = DEFAULT_MODEL.with_name("default_model.onnx")
+"""The bundled model as a float ONNX graph with int8-stored weights (``deepage export default_model.pt
+--weights int8``): the answers of ``default_model.pt`` without torch, which :meth:`Predictor.default` answers
+with on the CPU when ONNX Runtime is installed."""
 DEFAULT_INT8_MODEL = DEFAULT_MODEL.with_name("default_model.int8.onnx")
-"""The bundled model's int8 ONNX graph (``deepage export default_model.pt --int8 DATA``), which
-:meth:`Predictor.default` answers with on the CPU when ONNX Runtime is installed."""
+"""The bundled model's int8 ONNX graph (``deepage export default_model.pt --int8 DATA``): int8 arithmetic too,
+``Predictor.default(int8=True)`` (faster on CPUs without AVX-512, 0.04 years more test MAE:
+``docs/MODEL_CARD.md``)."""
 
 BACKENDS = ("auto", "torch", "onnx")
 BATCH_SIZE = 32
@@ -343,10 +348,12 @@ class Predictor:
         """The bundled model (``deepage/assets/default_model.pt``); keyword arguments go to
         :meth:`from_checkpoint`.
 
-        ``int8``: ``"auto"`` (default): its int8 ONNX graph (:data:`DEFAULT_INT8_MODEL`, ~2.4x faster per face,
-        its test figures in ``docs/MODEL_CARD.md``) where that file is present and was exported from these
-        very weights, ONNX Runtime is installed, the device is the CPU and ``backend`` is not ``"torch"``;
-        else the float model. ``True``: the int8 graph or an error; ``False``: the float model."""
+        Where ONNX Runtime is installed, the device is the CPU and ``backend`` is not ``"torch"``, it answers
+        through a bundled graph exported from these very weights (no torch: a faster start). ``int8``:
+        ``"auto"`` (default) or ``False``: the float graph (:data:`DEFAULT_GRAPH`: the ``.pt``'s answers), else
+        the ``.pt`` itself (``"auto"`` takes the int8 graph where the float one is absent); ``True``: the int8
+        graph (:data:`DEFAULT_INT8_MODEL`: int8 arithmetic, its own test figures in ``docs/MODEL_CARD.md``)
+        or an error. A graph that was exported from other weights is passed over with a warning."""
         if not DEFAULT_MODEL.is_file():
             raise FileNotFoundError(f"the bundled model {DEFAULT_MODEL} is missing (this copy of DeepAge "
                                     "ships without one): pass a checkpoint instead, e.g. "
@@ -355,17 +362,22 @@ class Predictor:
             raise ValueError(f"int8 must be True, False or 'auto', got {int8!r}")
         backend, device = kw.get("backend", "auto"), str(kw.get("device", "cpu"))
         have_ort = importlib.util.find_spec("onnxruntime") is not None  # a graph needs no `onnx` package
-        wanted = int8 is True or (int8 == AUTO and backend != "torch" and device == "cpu" and have_ort
-                                  and DEFAULT_INT8_MODEL.is_file())  # a copy without it: the float model, quietly
-        if wanted:
-            predictor = cls.from_checkpoint(DEFAULT_INT8_MODEL, **{**kw, "backend": "onnx"})
-            problem = _int8_problem(predictor.weights_digest, predictor.source_sha256)
+        can_graph = int8 is True or (backend != "torch" and device == "cpu" and have_ort)
+        if int8 is True:
+            graphs = [DEFAULT_INT8_MODEL]
+        else:  # a copy without a graph: the float model, quietly
+            graphs = [DEFAULT_GRAPH] if DEFAULT_GRAPH.is_file() else []
+            if int8 == AUTO and not graphs and DEFAULT_INT8_MODEL.is_file():
+                graphs = [DEFAULT_INT8_MODEL]
+        for graph in graphs if can_graph else []:
+            predictor = cls.from_checkpoint(graph, **{**kw, "backend": "onnx"})
+            problem = _graph_problem(graph, predictor.weights_digest, predictor.source_sha256)
             if problem is None:
                 return predictor
             predictor.close()
             if int8 is True:
                 raise ValueError(f"Predictor.default(int8=True): {problem}")
-            log.warning("answering with the float model: %s", problem)
+            log.warning("answering with %s: %s", DEFAULT_MODEL.name, problem)
         return cls.from_checkpoint(DEFAULT_MODEL, **kw)
 
     def _choose_gate(self, adult_age: int | str | None) -> AgeGate | None:
@@ -580,19 +592,22 @@ def _importing_main_in_a_worker() -> bool:
     return bool(getattr(mp.current_process(), "_inheriting", False))
 
 
-def _int8_problem(graph_digest: str | None, graph_source_sha256: str | None = None) -> str | None:
-    """Why the bundled int8 graph, which records ``graph_digest`` as the weights it was exported from (and
-    ``graph_source_sha256`` as the ``.pt`` file's SHA-256), cannot stand in for the bundled model (``None``:
-    it can). Both come from the graph's ONNX Runtime session, already open (reading them with the ``onnx``
-    package took 1.3 s of every start, to import it). The same file hash is the same weights, a check that
-    needs no torch; otherwise (the ``.pt`` calibrated again since, or a graph written before the hash was
-    stored) the weights themselves are compared, which loads the checkpoint with torch."""
+def _graph_problem(graph: Path, graph_digest: str | None, graph_source_sha256: str | None = None) -> str | None:
+    """Why the bundled ``graph`` (:data:`DEFAULT_GRAPH` or :data:`DEFAULT_INT8_MODEL`), which records
+    ``graph_digest`` as the weights it was exported from (and ``graph_source_sha256`` as the ``.pt`` file's
+    SHA-256), cannot stand in for the bundled model (``None``: it can). Both come from the graph's ONNX
+    Runtime session, already open (reading them with the ``onnx`` package took 1.3 s of every start, to
+    import it). The same file hash is the same weights, a check that needs no torch; otherwise (the ``.pt``
+    calibrated again since, or a graph written before the hash was stored) the weights themselves are
+    compared, which loads the checkpoint with torch."""
     if graph_source_sha256 is not None and graph_source_sha256 == file_sha256(DEFAULT_MODEL):
         return None
     from ..checkpoint import load_checkpoint, weights_digest
 
     digest = weights_digest(load_checkpoint(DEFAULT_MODEL)["state_dict"])
     if graph_digest != digest:
-        return (f"{DEFAULT_INT8_MODEL.name} was exported from other weights ({graph_digest}) than "
-                f"{DEFAULT_MODEL.name} ({digest}); export it again with `deepage export {DEFAULT_MODEL.name} --int8`")
+        how = "--int8 DATA.h5" if graph.name.endswith(".int8.onnx") else "--weights int8"
+        return (f"{graph.name} was exported from other weights ({graph_digest}) than "
+                f"{DEFAULT_MODEL.name} ({digest}); export it again with `deepage export {DEFAULT_MODEL.name} "
+                f"-o {graph.name} {how}`")
     return None
