@@ -55,12 +55,26 @@ def _channel_view(scale: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return scale.reshape(-1, *([1] * (like.dim() - 1)))
 
 
+def int8_per_channel(weight: torch.Tensor, scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(q, scale)``: ``weight`` (``(out, ...)``, float) as int8 with one float32 scale per output channel,
+    symmetric (``weight ≈ q · scale``, ``|q| ≤ 127``, ``scale = max |w| / 127`` of its channel). The one int8
+    rule of the project: checkpoints (``deepage ensemble --weights int8``) and ONNX graphs (``deepage export
+    --weights int8``) store weights by it, so a checkpoint's int8 weights pass into a graph unchanged.
+    ``scale``: one to keep (a checkpoint written again: ``q`` then comes back exactly)."""
+    import torch
+
+    w = weight.detach().float()
+    if scale is None:
+        absmax = w.abs().reshape(w.shape[0], -1).amax(dim=1)
+        scale = torch.where(absmax > 0, absmax / 127, torch.ones_like(absmax))
+    return (w / _channel_view(scale, w)).round().clamp(-127, 127).to(torch.int8), scale.float()
+
+
 def _pack_int8(state: dict, scales: dict | None = None) -> tuple[dict, dict]:
     """``state`` with its conv/linear weights as int8 (symmetric, per output channel: ``w ≈ q · scale``,
     ``|q| ≤ 127``) and its other float tensors as float16, and the scales. ``scales``: those to reuse (a
     checkpoint loaded and written again: ``q`` then comes back exactly); a weight that no longer fits its
     given scale (changed since) gets a new one."""
-    import torch
 
     packed, out = {}, {}
     for name, value in state.items():
@@ -71,9 +85,8 @@ def _pack_int8(state: dict, scales: dict | None = None) -> tuple[dict, dict]:
         absmax = w.abs().reshape(w.shape[0], -1).amax(dim=1)
         scale = (scales or {}).get(name)
         if scale is None or tuple(scale.shape) != (w.shape[0],) or bool((absmax > 127.5 * scale).any()):
-            scale = torch.where(absmax > 0, absmax / 127, torch.ones_like(absmax))
-        packed[name] = (w / _channel_view(scale, w)).round().clamp(-127, 127).to(torch.int8)
-        out[name] = scale.float()
+            scale = None
+        packed[name], out[name] = int8_per_channel(w, scale)
     return packed, out
 
 

@@ -362,14 +362,17 @@ class Predictor:
             raise ValueError(f"int8 must be True, False or 'auto', got {int8!r}")
         backend, device = kw.get("backend", "auto"), str(kw.get("device", "cpu"))
         have_ort = importlib.util.find_spec("onnxruntime") is not None  # a graph needs no `onnx` package
-        can_graph = int8 is True or (backend != "torch" and device == "cpu" and have_ort)
         if int8 is True:
-            graphs = [DEFAULT_INT8_MODEL]
-        else:  # a copy without a graph: the float model, quietly
-            graphs = [DEFAULT_GRAPH] if DEFAULT_GRAPH.is_file() else []
-            if int8 == AUTO and not graphs and DEFAULT_INT8_MODEL.is_file():
-                graphs = [DEFAULT_INT8_MODEL]
-        for graph in graphs if can_graph else []:
+            graph = DEFAULT_INT8_MODEL
+        elif backend == "torch" or device != "cpu" or not have_ort:
+            graph = None
+        elif DEFAULT_GRAPH.is_file():
+            graph = DEFAULT_GRAPH
+        elif int8 == AUTO and DEFAULT_INT8_MODEL.is_file():
+            graph = DEFAULT_INT8_MODEL
+        else:  # a copy without a graph: the .pt, quietly
+            graph = None
+        if graph is not None:
             predictor = cls.from_checkpoint(graph, **{**kw, "backend": "onnx"})
             problem = _graph_problem(graph, predictor.weights_digest, predictor.source_sha256)
             if problem is None:
