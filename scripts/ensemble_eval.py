@@ -82,9 +82,12 @@ def main() -> None:
         try:
             reference = ([int(i) for i in args.reference.split(",")] if args.reference
                          else list(range(len(members))))
+        except ValueError:
+            parser.error(f"--reference {args.reference!r}: give 0-based member indices such as 0,1,2")
+        try:
             rows = score_subsets(age_true, members, reference)
         except ValueError as err:
-            parser.error(f"--reference: {err}")
+            parser.error(str(err))
         print(f"{len(age_true)} images; reference: members {reference}")
         for i, ckpt in enumerate(args.checkpoints):
             print(f"  [{i}] {ckpt}")
