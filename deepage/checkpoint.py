@@ -75,7 +75,6 @@ def _pack_int8(state: dict, scales: dict | None = None) -> tuple[dict, dict]:
     ``|q| ≤ 127``) and its other float tensors as float16, and the scales. ``scales``: those to reuse (a
     checkpoint loaded and written again: ``q`` then comes back exactly); a weight that no longer fits its
     given scale (changed since) gets a new one."""
-
     packed, out = {}, {}
     for name, value in state.items():
         if not _is_packed(name, value):

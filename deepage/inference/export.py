@@ -305,6 +305,11 @@ def export_onnx(checkpoint: str | Path, output: str | Path, opset: int = OPSET, 
     the spec, the stored operating points, the weights' digest, the checkpoint file's SHA-256 and the split
     fingerprint. Written atomically.
     """
+    if weights not in ONNX_WEIGHT_STORAGES:
+        raise ValueError(f"weights must be one of {ONNX_WEIGHT_STORAGES}, got {weights!r}")
+    if weights == "int8" and int8_calibration is not None:
+        raise ValueError("an int8 graph stores its weights as int8 already: give weights='int8' or an int8 "
+                         "calibration, not both")
     checkpoint, output = Path(checkpoint), Path(output)
     ckpt = load_checkpoint(checkpoint)
     model = model_from_checkpoint(ckpt, name=checkpoint)
@@ -315,11 +320,6 @@ def export_onnx(checkpoint: str | Path, output: str | Path, opset: int = OPSET, 
     gates = read_age_gates(ckpt, checkpoint)  # only those chosen for these weights
     if gates:
         metadata[AGE_GATES_KEY] = json.dumps({str(age): g.to_dict() for age, g in gates.items()})
-    if weights not in ONNX_WEIGHT_STORAGES:
-        raise ValueError(f"weights must be one of {ONNX_WEIGHT_STORAGES}, got {weights!r}")
-    if weights == "int8" and int8_calibration is not None:
-        raise ValueError("an int8 graph stores its weights as int8 already: give weights='int8' or an int8 "
-                         "calibration, not both")
     if weights == "int8":
         metadata[WEIGHT_STORAGE_KEY] = "int8"
     data = model_to_onnx_bytes(model, metadata, opset=opset)
