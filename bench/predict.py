@@ -10,9 +10,11 @@ through the network and the head) is timed too, since detection costs both backe
 
 With the bundled model the rows are ``torch`` (the ``.pt``), ``onnx`` (its graph exported on the spot),
 ``graph`` (``default_model.onnx``, what ``Predictor.default()`` answers with: float arithmetic, int8-stored
-weights) and ``int8`` (``default_model.int8.onnx``). Its two MobileFaceNet members cost it most of its model
-time per face (``scripts/graph_speed.py``, batch 32, one thread, an AVX-512 VNNI host: 38.0 ms for the float
-graph, 29.0 for the int8 one, 2.9 for the two-member ``fast_model`` in the same run).
+weights) and ``int8`` (``default_model.int8.onnx``, where a copy has one: the default of 2026-12-06 ships
+none). Its three MobileFaceNet members cost it most of its model time per face (``scripts/graph_speed.py``,
+batch 32, one thread, an AVX-512 VNNI host: 26.9 ms for its float graph, 20.5-21.4 for the previous default's,
+1.8 for the two-member ``fast_model``; for one face end to end 26-29 ms against 25-27 for the previous default:
+``docs/RESULTS.md``).
 """
 
 from __future__ import annotations

@@ -201,20 +201,53 @@ def _check_images(images, name: str = "images") -> None:
         raise ValueError(f"expected (B, S, S, 3) uint8 RGB {name}, got {tuple(images.shape)} {images.dtype}")
 
 
+def _eval_resample_matrix(stored: int, pre: Preprocessing) -> np.ndarray:
+    """``(input_size, stored)`` float32: the bilinear weights with which the evaluation transform's
+    ``grid_sample`` (``align_corners=False``, reflection padding) reads one axis of a ``stored``-px square. The
+    evaluation grid only scales (:func:`_eval_theta`), so the 2-D sampling is this matrix applied to rows and
+    to columns. The positions are computed in float32 as torch computes them, so the weights are its weights."""
+    n = pre.input_size
+    base = (np.arange(n, dtype=np.float32) * np.float32(2) + np.float32(1)) / np.float32(n) - np.float32(1)
+    u = _eval_theta(pre)[0, 0] * base  # normalised stored coordinates of the output pixel centres
+    ix = ((u + np.float32(1)) * np.float32(stored) - np.float32(1)) / np.float32(2)
+    # torch's reflect_coordinates for align_corners=False (about -0.5 and stored - 0.5), then the clip
+    span = np.float32(stored)
+    dist = np.abs(ix + np.float32(0.5))
+    flips, extra = np.floor(dist / span), np.fmod(dist, span)
+    ix = np.where(flips % 2 == 0, extra - np.float32(0.5), span - extra - np.float32(0.5)).astype(np.float32)
+    ix = np.clip(ix, 0, stored - 1)
+    left = np.floor(ix)
+    frac = (ix - left).astype(np.float32)
+    left = left.astype(int)
+    matrix = np.zeros((n, stored), np.float32)
+    rows = np.arange(n)
+    matrix[rows, left] += np.float32(1) - frac
+    inside = left + 1 < stored  # a neighbour past the edge has weight 0 (frac is 0 there after the clip)
+    matrix[rows[inside], left[inside] + 1] += frac[inside]
+    return matrix
+
+
 def prepare_eval_batch(images: np.ndarray, pre: Preprocessing) -> np.ndarray:
     """``(B, S, S, 3) uint8 RGB`` NumPy → ``(B, 3, input_size, input_size) float32``: the evaluation transform
-    of :func:`prepare_batch`, the same values. A plain crop (:func:`_pixel_aligned_offset`) is computed here
-    without torch; any other size goes through :func:`prepare_batch` (imports torch)."""
+    of :func:`prepare_batch`, the same values, without torch: a plain crop (:func:`_pixel_aligned_offset`) is
+    sliced, a resampled one is two matrix products (:func:`_eval_resample_matrix`). Only a stored image so
+    large that :func:`prepare_batch` would shrink it first (antialiased) goes through torch."""
     _check_images(images)
-    offset = _pixel_aligned_offset(images.shape[2], images.shape[1], pre)
-    if offset is None:
+    height, width = images.shape[1:3]
+    scale, shift = _eval_colour(pre)
+    offset = _pixel_aligned_offset(width, height, pre)
+    if offset is not None:
+        side = pre.input_size
+        crop = images[:, offset:offset + side, offset:offset + side, :].transpose(0, 3, 1, 2)
+        out = crop.astype(np.float32, order="C")  # (B, 3, side, side)
+    elif width == height and width <= 1.5 * pre.input_size / pre.crop_pct:
+        matrix = _eval_resample_matrix(width, pre)  # (n, S)
+        x = images.transpose(0, 3, 1, 2).astype(np.float32)  # (B, 3, S, S)
+        out = np.ascontiguousarray(matrix @ x @ matrix.T)  # (B, 3, n, n): rows, then columns
+    else:
         import torch
 
         return prepare_batch(torch.from_numpy(np.ascontiguousarray(images)), pre).numpy()
-    side = pre.input_size
-    scale, shift = _eval_colour(pre)
-    crop = images[:, offset:offset + side, offset:offset + side, :].transpose(0, 3, 1, 2)
-    out = crop.astype(np.float32, order="C")  # (B, 3, side, side)
     out *= scale[:, None, None]
     out += shift[:, None, None]
     return out

@@ -13,6 +13,11 @@ is checked by file name. Prints each member's and the ensemble's MAE, CS@5 and c
 
 ``--subsets`` scores every subset of the checkpoints (one pass of each model; ``--cache`` keeps those passes)
 against the ``--reference`` subset on the same images: MAE difference and its paired bootstrap SE.
+
+    python scripts/ensemble_eval.py a.pt b.pt c.pt d.pt --data work/utk160.h5 --weighted --cache runs/probs
+
+``--weighted`` fits unequal member weights (the mixture's likelihood of the true ages) and scores them
+out of fold (5 folds: each image answered by weights fitted on the other four fifths) against the plain mean.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from deepage.checkpoint import model_from_checkpoint
 from deepage.data.loader import FaceBatches, load_split
 from deepage.evaluation.metrics import core_metrics
 from deepage.evaluation.predictions import collect_predictions
-from deepage.evaluation.subsets import distribution_predictions, score_subsets
+from deepage.evaluation.subsets import crossfit_weights, distribution_predictions, score_subsets
 
 
 def member_probs(ckpt: str, data, tta: bool, cache_dir: Path | None, key: str) -> np.ndarray:
@@ -62,6 +67,9 @@ def main() -> None:
                         help="score every subset of the checkpoints against --reference, best MAE first")
     parser.add_argument("--reference", default=None,
                         help="with --subsets: the reference subset as 0-based indices, e.g. 0,1,2,3 (default: all)")
+    parser.add_argument("--weighted", action="store_true",
+                        help="fit unequal member weights and score them out of fold against the plain mean")
+    parser.add_argument("--folds", type=int, default=5, help="with --weighted: how many folds (default 5)")
     parser.add_argument("--cache", type=Path, default=None,
                         help="a folder keeping each checkpoint's distributions, reused while the file is unchanged")
     args = parser.parse_args()
@@ -95,6 +103,21 @@ def main() -> None:
             d = r["vs_reference"]
             print(f"{str(r['members']):<20} MAE {r['mae']:.3f}  vs ref {d['difference']:+.3f} (SE {d['se']:.3f})  "
                   f"CS@5 {100 * r['cs5']:.1f} %  14 / 8 classes {100 * r['utk14']:.1f} / {100 * r['utk8']:.1f} %")
+        return
+    if args.weighted:
+        try:
+            fit = crossfit_weights(age_true, members, folds=args.folds)
+        except ValueError as err:
+            parser.error(str(err))
+        for k, ckpt in enumerate(args.checkpoints):
+            print(f"  [{k}] {ckpt}: weight {fit['weights'][k]:.3f} (folds {fit['fold_weights'][:, k].min():.3f}-"
+                  f"{fit['fold_weights'][:, k].max():.3f})")
+        for label in ("equal", "weighted"):
+            r = fit[label]
+            print(f"{label + (' (out of fold)' if label == 'weighted' else ''):<22} MAE {r['mae']:.3f}  CS@5 "
+                  f"{100 * r['cs5']:.1f} %  14 / 8 classes {100 * r['utk14']:.1f} / {100 * r['utk8']:.1f} %")
+        d = fit["vs_equal"]
+        print(f"weighted - equal: {d['difference']:+.3f} (SE {d['se']:.3f})")
         return
     rows = {ckpt: core_metrics(distribution_predictions(age_true, p))
             for ckpt, p in zip(args.checkpoints, members, strict=True)}

@@ -177,6 +177,17 @@ def test_the_default_predictor_takes_the_int8_graph_of_its_own_weights(int8_grap
         Predictor.default(int8=True)
 
 
+def test_asking_for_an_int8_graph_the_copy_lacks_names_the_file(tiny_checkpoint, tmp_path, monkeypatch):
+    from deepage.inference import predictor
+
+    monkeypatch.setattr(predictor, "DEFAULT_MODEL", tiny_checkpoint)
+    monkeypatch.setattr(predictor, "DEFAULT_INT8_MODEL", tmp_path / "default_model.int8.onnx")
+    with pytest.raises(ValueError, match=r"no int8 graph .*default_model\.int8\.onnx.*deepage export"):
+        Predictor.default(int8=True)
+    with Predictor.default(backend="torch") as chosen:  # the rest of the copy still answers
+        assert chosen.checkpoint_path == tiny_checkpoint
+
+
 def test_the_int8_graph_is_matched_to_its_checkpoint_by_file_hash_first(int8_graph, tiny_checkpoint, tmp_path,
                                                                          monkeypatch):
     """The graph records the .pt file's SHA-256: the same file needs no torch to be trusted; a re-saved file

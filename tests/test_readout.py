@@ -98,6 +98,10 @@ def test_the_torch_heads_answer_what_the_spec_reader_answers(kind, kwargs, width
 @pytest.mark.parametrize(("stored", "pre"), [
     (160, Preprocessing(input_size=150, stored_size=160, crop_pct=0.9375, normalization="dlib")),  # a plain crop
     (128, Preprocessing(input_size=112, stored_size=128, crop_pct=0.9, normalization="imagenet")),  # resampled
+    # the bundled default's input: 112 px resampled from the central 150 of 160, in NumPy too
+    (160, Preprocessing(input_size=112, stored_size=160, crop_pct=0.9375, normalization="inception")),
+    (100, Preprocessing(input_size=112, stored_size=100, crop_pct=0.9375, normalization="unit")),  # upsampled
+    (40, Preprocessing(input_size=32, stored_size=40, crop_pct=1.0, normalization="unit")),  # the whole side
 ])
 def test_numpy_evaluation_transform_equals_the_torch_one(stored, pre):
     images = np.random.default_rng(3).integers(0, 256, (4, stored, stored, 3), dtype=np.uint8)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from deepage.evaluation.subsets import distribution_predictions, score_subsets
+from deepage.evaluation.subsets import crossfit_weights, distribution_predictions, fit_mixture_weights, score_subsets
 
 
 def _peaked(ages: np.ndarray, width: float = 1.0) -> np.ndarray:
@@ -49,3 +49,30 @@ def test_score_subsets_rejects_bad_members_and_references():
         score_subsets(ages, [_peaked(ages), _peaked(np.array([1.0, 2.0, 3.0]))], reference=[0])
     with pytest.raises(ValueError, match="at least one"):
         score_subsets(ages, [], reference=[0])
+
+
+def test_mixture_weights_find_the_member_that_knows_the_age():
+    rng = np.random.default_rng(1)
+    ages = rng.integers(5, 80, size=300).astype(float)
+    right = _peaked(ages, width=3.0)
+    wrong = _peaked(rng.integers(5, 80, size=300).astype(float), width=3.0)  # unrelated to the true age
+    w = fit_mixture_weights(ages, [right, wrong])
+    assert w.sum() == pytest.approx(1.0) and w[0] > 0.95
+    # two equally good members keep about equal weights
+    w_even = fit_mixture_weights(ages, [right, right.copy()])
+    np.testing.assert_allclose(w_even, [0.5, 0.5], atol=1e-9)
+
+
+def test_crossfit_weights_score_out_of_fold_against_the_plain_mean():
+    rng = np.random.default_rng(2)
+    ages = rng.integers(5, 80, size=400).astype(float)
+    good = _peaked(np.clip(ages + rng.normal(0, 2, 400), 0, 100), width=3.0)
+    noisy = _peaked(np.clip(ages + rng.normal(0, 15, 400), 0, 100), width=3.0)
+    fit = crossfit_weights(ages, [good, noisy], folds=4)
+    assert fit["fold_weights"].shape == (4, 2) and fit["weights"][0] > fit["weights"][1]
+    assert fit["weighted"]["mae"] < fit["equal"]["mae"]
+    d = fit["vs_equal"]
+    assert d["difference"] == pytest.approx(fit["weighted"]["mae"] - fit["equal"]["mae"], abs=1e-9)
+    assert d["difference"] < -2 * d["se"]
+    with pytest.raises(ValueError, match="two or more members"):
+        crossfit_weights(ages, [good], folds=4)

@@ -63,9 +63,10 @@ DEFAULT_GRAPH = DEFAULT_MODEL.with_name("default_model.onnx")
 --weights int8``): the answers of ``default_model.pt`` without torch, which :meth:`Predictor.default` answers
 with on the CPU when ONNX Runtime is installed."""
 DEFAULT_INT8_MODEL = DEFAULT_MODEL.with_name("default_model.int8.onnx")
-"""The bundled model's int8 ONNX graph (``deepage export default_model.pt --int8 DATA``): int8 arithmetic too,
-``Predictor.default(int8=True)`` (faster on CPUs without AVX-512, 0.04 years more test MAE:
-``docs/MODEL_CARD.md``)."""
+"""Where the bundled model's int8 ONNX graph goes (``deepage export default_model.pt --int8 DATA``): int8
+arithmetic too, ``Predictor.default(int8=True)``. The default of 2026-12-06 ships without one: quantising it
+moved its ages by 0.56 years on the calibration images, over the export's limit
+(:data:`deepage.inference.export.INT8_MAX_AGE_CHANGE`); ``fast_model.int8.onnx`` is the int8 model bundled."""
 
 BACKENDS = ("auto", "torch", "onnx")
 BATCH_SIZE = 32
@@ -363,6 +364,11 @@ class Predictor:
         backend, device = kw.get("backend", "auto"), str(kw.get("device", "cpu"))
         have_ort = importlib.util.find_spec("onnxruntime") is not None  # a graph needs no `onnx` package
         if int8 is True:
+            if not DEFAULT_INT8_MODEL.is_file():
+                raise ValueError(f"Predictor.default(int8=True): this copy has no int8 graph of the bundled model "
+                                 f"({DEFAULT_INT8_MODEL.name}); export one with `deepage export "
+                                 f"{DEFAULT_MODEL.name} -o {DEFAULT_INT8_MODEL.name} --int8 DATA.h5`, or use the "
+                                 f"bundled int8 model {DEFAULT_MODEL.with_name('fast_model.int8.onnx')}")
             graph = DEFAULT_INT8_MODEL
         elif backend == "torch" or device != "cpu" or not have_ort:
             graph = None
