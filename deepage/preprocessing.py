@@ -196,6 +196,12 @@ def _sampling_grid(theta: torch.Tensor, size: int) -> torch.Tensor:
     return torch.stack([grid_x, grid_y], dim=-1)
 
 
+def _shrinks_first(width: int, pre: Preprocessing) -> bool:
+    """Whether the evaluation transform of a ``width``-px stored image first shrinks it (antialiased) to the
+    crop's source side: ``grid_sample`` does not antialias, so inputs over 1.5 x that side would alias."""
+    return width > 1.5 * pre.input_size / pre.crop_pct
+
+
 def _check_images(images, name: str = "images") -> None:
     if str(images.dtype) not in ("uint8", "torch.uint8") or images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"expected (B, S, S, 3) uint8 RGB {name}, got {tuple(images.shape)} {images.dtype}")
@@ -210,11 +216,8 @@ def _eval_resample_matrix(stored: int, pre: Preprocessing) -> np.ndarray:
     base = (np.arange(n, dtype=np.float32) * np.float32(2) + np.float32(1)) / np.float32(n) - np.float32(1)
     u = _eval_theta(pre)[0, 0] * base  # normalised stored coordinates of the output pixel centres
     ix = ((u + np.float32(1)) * np.float32(stored) - np.float32(1)) / np.float32(2)
-    # torch's reflect_coordinates for align_corners=False (about -0.5 and stored - 0.5), then the clip
-    span = np.float32(stored)
-    dist = np.abs(ix + np.float32(0.5))
-    flips, extra = np.floor(dist / span), np.fmod(dist, span)
-    ix = np.where(flips % 2 == 0, extra - np.float32(0.5), span - extra - np.float32(0.5)).astype(np.float32)
+    # crop_pct <= 1 keeps every position inside (-0.5, stored - 0.5), where torch's reflection padding leaves
+    # it as it is; only its clip to the outer pixel centres acts
     ix = np.clip(ix, 0, stored - 1)
     left = np.floor(ix)
     frac = (ix - left).astype(np.float32)
@@ -240,7 +243,7 @@ def prepare_eval_batch(images: np.ndarray, pre: Preprocessing) -> np.ndarray:
         side = pre.input_size
         crop = images[:, offset:offset + side, offset:offset + side, :].transpose(0, 3, 1, 2)
         out = crop.astype(np.float32, order="C")  # (B, 3, side, side)
-    elif width == height and width <= 1.5 * pre.input_size / pre.crop_pct:
+    elif width == height and not _shrinks_first(width, pre):
         matrix = _eval_resample_matrix(width, pre)  # (n, S)
         x = images.transpose(0, 3, 1, 2).astype(np.float32)  # (B, 3, S, S)
         out = np.ascontiguousarray(matrix @ x @ matrix.T)  # (B, 3, n, n): rows, then columns
@@ -271,10 +274,8 @@ def prepare_batch(images: torch.Tensor, pre: Preprocessing, augment: Augmentatio
         return torch.from_numpy(prepare_eval_batch(images.cpu().numpy(), pre)).to(images.device)
     a, g, c = _colour_coefficients(images, pre, augment, generator)
     x = images.permute(0, 3, 1, 2).float()  # (B, 3, S, S) values 0..255
-    source_side = pre.input_size / pre.crop_pct
-    if w > 1.5 * source_side:
-        # grid_sample does not antialias: shrink first so small inputs are not aliased.
-        side = round(source_side)
+    if _shrinks_first(w, pre):
+        side = round(pre.input_size / pre.crop_pct)
         x = F.interpolate(x, size=(side, side), mode="bilinear", antialias=True, align_corners=False)
     grid = _sampling_grid(_affine(b, pre, augment, generator).to(images.device), pre.input_size)
     # Reflection padding: a rotated or shifted crop never shows black corners.
